@@ -1,0 +1,1 @@
+"""Reading the competition data: images, instance labels, image types and folds."""
