@@ -12,12 +12,19 @@ RECIPE ?= cpu
 STAGE ?= stage1
 GPUS ?= 0
 BUILD ?= build
+MODELS ?= models
+TTA ?= flips
+MEMBER ?=
+DEMO := $(BUILD)/demo
+# One GPU or CPU: a plain process; GPUS>1: the same entry point under torchrun (DDP).
+LAUNCH := $(if $(filter-out 0 1,$(GPUS)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m competition,$(PYTHON) -m competition)
 SUB ?=
 SOLUTION ?=
 TYPES ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test bench data types folds synth score validate leaderboard clean-venv
+.PHONY: help setup test bench data types folds synth score validate leaderboard \
+	train-all train-one tune submit report demo clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -59,6 +66,34 @@ validate: $(SETUP)  ## validate SUB against DATA_DIR/STAGE_test and the sample s
 
 leaderboard: $(SETUP)  ## print the local leaderboard history, best first
 	$(PYTHON) -m competition leaderboard
+
+train-all: $(SETUP)  ## train every unfinished member of RECIPE on DATA_DIR (resumes; GPUS=N for DDP)
+	$(LAUNCH) train-all --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(BUILD)/folds.csv
+
+train-one: $(SETUP)  ## train one member: make train-one MEMBER=type/name RECIPE=...
+	@test -n "$(MEMBER)" || { echo "usage: make train-one MEMBER=TYPE/NAME [RECIPE=$(RECIPE)]"; exit 2; }
+	$(LAUNCH) train-one --recipe $(RECIPE) --member $(MEMBER) --data $(DATA_DIR) --models $(MODELS) --folds $(BUILD)/folds.csv
+
+tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE
+	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR)
+
+submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
+	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) \
+		$(if $(SOLUTION),--solution $(SOLUTION)) $(if $(KAGGLE_SUBMIT),--kaggle)
+
+report: $(SETUP)  ## HTML report of SUB (with SOLUTION: true contours and scores)
+	@test -n "$(SUB)" || { echo "usage: make report SUB=submission.csv [SOLUTION=solution.csv]"; exit 2; }
+	$(PYTHON) -m competition report $(SUB) --data $(DATA_DIR)/$(STAGE)_test $(if $(SOLUTION),--solution $(SOLUTION))
+
+demo: $(SETUP)  ## the whole pipeline on generated data: synth, train tiny, tune, submit, score, leaderboard
+	$(PYTHON) -m competition synth $(DEMO)/data --overwrite
+	$(PYTHON) -m competition train-all --recipe tiny --data $(DEMO)/data --models $(DEMO)/models --folds $(DEMO)/folds.csv --cache-dir ''
+	$(PYTHON) -m competition tune --recipe tiny --models $(DEMO)/models --data $(DEMO)/data
+	$(PYTHON) -m competition submit --recipe tiny --data $(DEMO)/data --models $(DEMO)/models --out-dir $(DEMO)/submissions \
+		--tta flips --solution $(DEMO)/data/stage1_solution.csv
+	$(PYTHON) -m competition report $$(ls -t $(DEMO)/submissions/tiny-*.csv | head -1) --data $(DEMO)/data/stage1_test \
+		--solution $(DEMO)/data/stage1_solution.csv --out $(DEMO)/report
+	$(PYTHON) -m competition leaderboard --path $(DEMO)/submissions/leaderboard.csv
 
 clean-venv:  ## remove the environment
 	rm -rf $(VENV)
