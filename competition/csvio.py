@@ -11,6 +11,12 @@ from pathlib import Path
 from competition.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, *, overwrite: bool = True, mode: str = "w") -> Iterator:
     """Open a temporary file beside ``path``; on success rename it over ``path``.
@@ -29,6 +35,7 @@ def atomic_write(path: str | Path, *, overwrite: bool = True, mode: str = "w") -
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         kwargs = {"newline": ""} if "b" not in mode else {}
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
