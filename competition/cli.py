@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -58,6 +59,9 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before torch is imported: OpenMP threads that spin while waiting make every step several
+    # times slower when another process shares the CPU cores (measured 7.5 s vs 2.4 s).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     from competition.errors import UserError

@@ -1,0 +1,480 @@
+"""Training recipes: strict TOML files loaded into frozen dataclasses.
+
+A recipe (``recipes/<name>.toml``) lists, per image type plus the ``all`` pseudo-type, the
+members of that type's ensemble. A ``[defaults]`` table is merged into every member (nested
+``[defaults.loss]`` too), so members only state what differs::
+
+    description = "..."
+    [defaults]
+    encoder = "resnet18"
+    crop_size = 128
+    [defaults.loss]
+    soft = "jaccard"
+
+    [[all]]
+    name = "r18"
+    epochs = 12
+
+    [[histology]]
+    name = "r18-ft"
+    init_from = "all/r18"
+
+A member table may give ``folds = [0, 1, 2]`` instead of ``fold``: it expands into one
+member per fold, named ``<name>-f<k>``; an ``init_from`` naming such a family picks the
+parent of the same fold (fine-tuning from a parent trained on another fold would leak its
+validation images).
+
+Unknown keys, architectures or encoders raise :class:`~competition.errors.UserError` with
+the valid names. This module imports torch/smp only to check arch and encoder names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from competition.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Recipe tables holding members: the ``all`` pseudo-type, then the image types of
+#: :data:`competition.data.types.IMAGE_TYPES`.
+MEMBER_TYPES = ("all", "fluorescence", "histology", "brightfield")
+#: Output channels (same as :data:`competition.targets.CHANNELS`).
+DEFAULT_CHANNELS = ("body", "boundary", "gap")
+#: Where ``--recipe NAME`` is looked up.
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+ENCODER_WEIGHTS = ("none", "imagenet")  # or a path to a local state-dict file
+ON_MISSING_WEIGHTS = ("fail", "random")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cyclic", "onecycle", "cosine", "constant")
+AUGMENTS = ("none", "light", "strong")
+SOFT_LOSSES = ("dice", "jaccard", "none")
+SAMPLINGS = ("uniform", "balanced")
+INVERT_CHOICES = (True, False, "auto")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights: ``bce * BCE + soft_weight * soft`` over channels, pad border ignored.
+
+    Attributes:
+        bce: weight of the per-pixel binary cross-entropy.
+        soft: ``"dice"``, ``"jaccard"`` or ``"none"`` (smp.losses, multilabel mode).
+        soft_weight: weight of the soft term.
+        log_soft: use ``-log(score)`` instead of ``1 - score`` (the pathology article's
+            BCE - log(soft Jaccard)).
+        channel_weights: one weight per output channel, for both terms.
+    """
+
+    bce: float = 1.0
+    soft: str = "dice"
+    soft_weight: float = 1.0
+    log_soft: bool = False
+    channel_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One ensemble member: a network trained on one image type (or ``all``) and one fold.
+
+    Attributes:
+        type: the recipe table (``all`` or an image type); set from the table, not a key.
+        name: unique within its type; the folder is ``models/<recipe>/<type>/<name>``.
+        arch: smp architecture (``Unet``, ``UnetPlusPlus``, ``FPN``, ...).
+        encoder: smp encoder name (``resnet18``, ``efficientnet-b0``, ...).
+        encoder_weights: ``"none"``, ``"imagenet"`` (needs internet) or a local file path.
+        on_missing_weights: when imagenet weights cannot be had: ``"fail"`` or ``"random"``.
+        crop_size: side of the random training crops (loss region).
+        pad: reflection padding around each crop, ignored by the loss;
+            ``crop_size + 2 * pad`` must be a multiple of 32.
+        batch_size: crops per optimiser step (per process under DDP).
+        epochs: training epochs (the schedule spans all of them).
+        samples_per_epoch: random crops per epoch; 0 means one per training image.
+        sampling: ``"uniform"`` over images or ``"balanced"`` over image types.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"``.
+        lr: peak learning rate.
+        min_lr: floor of the schedule (cyclic base lr, cosine eta_min).
+        momentum: SGD momentum.
+        weight_decay: optimiser weight decay.
+        schedule: ``"cyclic"`` (triangle peaking mid-training), ``"onecycle"``,
+            ``"cosine"`` or ``"constant"``; stepped once per batch.
+        freeze_encoder_epochs: encoder frozen for the first N epochs.
+        loss: see :class:`LossConfig`.
+        augment: ``"none"``, ``"light"`` or ``"strong"``.
+        fold: validation fold (images of this fold are held out).
+        seed: seeds weights init, crop sampling and augmentation.
+        init_from: ``"all/<name>"``: start from that member's ``best.pt``.
+        invert: invert dark-on-light images before the network: true, false or ``"auto"``
+            (inherit from ``init_from``, else true when the training images mix both
+            polarities); the decision is recorded in ``config.json``.
+        boundary_width: passed to :func:`competition.targets.make_targets`.
+        gap_width: passed to :func:`competition.targets.make_targets`.
+        valid_every: validate every N epochs (and always after the last).
+        num_workers: DataLoader workers (0 = in the training process).
+        grad_clip: clip the gradient norm to this value; 0 disables.
+    """
+
+    type: str
+    name: str
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    encoder_weights: str = "none"
+    on_missing_weights: str = "fail"
+    crop_size: int = 256
+    pad: int = 16
+    batch_size: int = 8
+    epochs: int = 10
+    samples_per_epoch: int = 0
+    sampling: str = "uniform"
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    freeze_encoder_epochs: int = 0
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: str = "light"
+    fold: int = 0
+    seed: int = 0
+    init_from: str | None = None
+    invert: bool | str = "auto"
+    boundary_width: int = 2
+    gap_width: int = 2
+    valid_every: int = 1
+    num_workers: int = 0
+    grad_clip: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """``"<type>/<name>"``, as used by ``init_from`` and ``--member``."""
+        return f"{self.type}/{self.name}"
+
+    @property
+    def input_size(self) -> int:
+        """Side of the network input during training: ``crop_size + 2 * pad``."""
+        return self.crop_size + 2 * self.pad
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed, validated recipe.
+
+    Attributes:
+        name: the file stem (``tiny``, ``cpu``, ``gpu``): models go to ``models/<name>/``.
+        path: the TOML file.
+        description: free text.
+        channels: output channels, in order.
+        members: all members, parents (``init_from`` targets) before their children.
+    """
+
+    name: str
+    path: str
+    description: str
+    channels: tuple[str, ...]
+    members: tuple[Member, ...]
+
+    def member(self, key: str) -> Member:
+        """The member ``"<type>/<name>"``; UserError listing the valid keys otherwise."""
+        for m in self.members:
+            if m.key == key:
+                return m
+        raise UserError(
+            f"recipe {self.name!r} has no member {key!r}; valid: "
+            + ", ".join(m.key for m in self.members)
+        )
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _check_keys(table: dict, valid: list[str], where: str) -> None:
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
+            + ", ".join(valid)
+        )
+
+
+def _merge(defaults: dict, table: dict) -> dict:
+    """``table`` over ``defaults``; nested tables (``loss``) are merged key by key."""
+    out = dict(defaults)
+    for key, value in table.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check a TOML value against the type of the dataclass default; lists -> tuples."""
+    if isinstance(default, bool) or default is None or isinstance(default, str):
+        return value  # checked by the enumerations in _validate_member
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return tuple(float(v) for v in value)
+    return value
+
+
+def _build_loss(table: dict, where: str) -> LossConfig:
+    if not isinstance(table, dict):
+        raise UserError(f"{where}.loss: expected a table, got {table!r}")
+    _check_keys(table, _field_names(LossConfig), f"{where}.loss")
+    base = LossConfig()
+    kwargs = {k: _coerce(v, getattr(base, k), f"{where}.loss.{k}") for k, v in table.items()}
+    return LossConfig(**kwargs)
+
+
+def _build_member(mtype: str, table: dict, where: str) -> Member:
+    valid = [n for n in _field_names(Member) if n != "type"]
+    _check_keys(table, valid, where)
+    if "name" not in table:
+        raise UserError(f"{where}: every member needs a name")
+    kwargs: dict[str, Any] = {"type": mtype}
+    base = Member(type=mtype, name="?")
+    for key, value in table.items():
+        if key == "loss":
+            kwargs["loss"] = _build_loss(value, where)
+        elif key in ("name", "init_from"):
+            if not isinstance(value, str) or not value:
+                raise UserError(f"{where}.{key}: expected a non-empty string, got {value!r}")
+            kwargs[key] = value
+        else:
+            kwargs[key] = _coerce(value, getattr(base, key), f"{where}.{key}")
+    return Member(**kwargs)
+
+
+def _choice(value: Any, choices: tuple, where: str) -> None:
+    if not any(type(value) is type(c) and value == c for c in choices):
+        raise UserError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def valid_archs() -> list[str]:
+    """smp architecture class names (``Unet``, ``FPN``, ...)."""
+    import segmentation_models_pytorch as smp
+
+    return sorted(a.__name__ for a in smp.MODEL_ARCHITECTURES_MAPPING.values())
+
+
+def valid_encoders() -> list[str]:
+    """smp encoder names."""
+    import segmentation_models_pytorch as smp
+
+    return list(smp.encoders.get_encoder_names())
+
+
+def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
+    archs = valid_archs()
+    if m.arch not in archs:
+        raise UserError(f"{where}.arch: unknown architecture {m.arch!r}; valid: {', '.join(archs)}")
+    encoders = valid_encoders()
+    if m.encoder not in encoders:
+        raise UserError(
+            f"{where}.encoder: unknown encoder {m.encoder!r}; valid: {', '.join(encoders)}"
+        )
+    if not isinstance(m.encoder_weights, str) or not m.encoder_weights:
+        raise UserError(f"{where}.encoder_weights: expected 'none', 'imagenet' or a file path")
+    _choice(m.on_missing_weights, ON_MISSING_WEIGHTS, f"{where}.on_missing_weights")
+    _choice(m.optimizer, OPTIMIZERS, f"{where}.optimizer")
+    _choice(m.schedule, SCHEDULES, f"{where}.schedule")
+    _choice(m.augment, AUGMENTS, f"{where}.augment")
+    _choice(m.sampling, SAMPLINGS, f"{where}.sampling")
+    _choice(m.invert, INVERT_CHOICES, f"{where}.invert")
+    _choice(m.loss.soft, SOFT_LOSSES, f"{where}.loss.soft")
+    if not isinstance(m.loss.log_soft, bool):
+        raise UserError(f"{where}.loss.log_soft: expected true or false")
+    if len(m.loss.channel_weights) != len(channels):
+        raise UserError(
+            f"{where}.loss.channel_weights: {len(m.loss.channel_weights)} weights for "
+            f"{len(channels)} channels {channels}"
+        )
+    if m.crop_size < 32 or m.pad < 0 or (m.crop_size + 2 * m.pad) % 32:
+        raise UserError(
+            f"{where}: crop_size + 2 * pad = {m.crop_size + 2 * m.pad} must be a multiple "
+            "of 32 (the encoder's output stride), with crop_size >= 32 and pad >= 0"
+        )
+    positive = ("batch_size", "epochs", "valid_every")
+    for name in positive:
+        if getattr(m, name) < 1:
+            raise UserError(f"{where}.{name}: must be >= 1")
+    nonneg = ("samples_per_epoch", "freeze_encoder_epochs", "fold", "seed", "num_workers",
+              "boundary_width", "gap_width")
+    for name in nonneg:
+        if getattr(m, name) < 0:
+            raise UserError(f"{where}.{name}: must be >= 0")
+    if not m.lr > 0 or m.min_lr < 0 or m.min_lr > m.lr:
+        raise UserError(f"{where}: need 0 <= min_lr <= lr and lr > 0")
+
+
+def _expand_folds(table: dict, where: str) -> list[dict]:
+    folds = table.get("folds")
+    if folds is None:
+        return [table]
+    if "fold" in table:
+        raise UserError(f"{where}: give either fold or folds, not both")
+    if not isinstance(folds, list) or not folds or not all(
+        isinstance(f, int) and not isinstance(f, bool) for f in folds
+    ):
+        raise UserError(f"{where}.folds: expected a non-empty list of integers, got {folds!r}")
+    rest = {k: v for k, v in table.items() if k != "folds"}
+    return [{**rest, "name": f"{rest.get('name', '?')}-f{f}", "fold": f} for f in folds]
+
+
+def parse_recipe(data: dict, *, name: str, path: str = "") -> Recipe:
+    """Build a :class:`Recipe` from a parsed TOML dict (strict).
+
+    Args:
+        data: the TOML document.
+        name: recipe name (file stem).
+        path: the file, for messages.
+
+    Raises:
+        UserError: unknown keys, bad values, unknown arch/encoder, duplicate names or a bad
+            ``init_from``; the message names the table and lists valid choices.
+    """
+    where = path or name
+    top = ["description", "channels", "defaults", *MEMBER_TYPES]
+    _check_keys(data, top, where)
+    description = data.get("description", "")
+    channels = tuple(data.get("channels", DEFAULT_CHANNELS))
+    if not channels or not all(isinstance(c, str) for c in channels):
+        raise UserError(f"{where}.channels: expected a list of channel names")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise UserError(f"{where}.defaults: expected a table")
+    _check_keys(defaults, [n for n in _field_names(Member) if n not in ("type", "name")]
+                + ["folds"], f"{where}.defaults")
+    if "loss" in defaults:
+        _build_loss(defaults["loss"], f"{where}.defaults")
+    if "loss" not in defaults:
+        defaults = {**defaults, "loss": {}}
+    if "channel_weights" not in defaults["loss"]:
+        defaults = {**defaults, "loss": {**defaults["loss"],
+                                         "channel_weights": [1.0] * len(channels)}}
+
+    members: list[Member] = []
+    folds_of: dict[str, dict[int, str]] = {}  # "type/base" -> fold -> expanded key
+    for mtype in MEMBER_TYPES:
+        tables = data.get(mtype, [])
+        if isinstance(tables, dict):
+            tables = [tables]
+        if not isinstance(tables, list):
+            raise UserError(f"{where}.{mtype}: expected [[{mtype}]] tables")
+        for i, table in enumerate(tables):
+            twhere = f"{where} [[{mtype}]] #{i + 1}"
+            if not isinstance(table, dict):
+                raise UserError(f"{twhere}: expected a table")
+            merged = _merge(defaults, table)
+            if "folds" in table and "fold" in defaults and "fold" not in table:
+                merged.pop("fold")
+            if "fold" in table and "folds" in defaults and "folds" not in table:
+                merged.pop("folds")
+            expanded = _expand_folds(merged, twhere)
+            for t in expanded:
+                m = _build_member(mtype, t, f"{twhere} ({t.get('name', '?')})")
+                _validate_member(m, channels, f"{twhere} ({m.name})")
+                members.append(m)
+            if "folds" in merged:
+                folds_of[f"{mtype}/{merged['name']}"] = {
+                    t["fold"]: f"{mtype}/{t['name']}" for t in expanded
+                }
+
+    keys = [m.key for m in members]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise UserError(f"{where}: duplicate member names {dupes}")
+    by_key = {m.key: m for m in members}
+    resolved = []
+    for m in members:
+        if m.init_from is not None:
+            parent_key = m.init_from
+            if parent_key in folds_of:
+                parent_key = folds_of[parent_key].get(m.fold, parent_key)
+            if parent_key not in by_key:
+                raise UserError(
+                    f"{where} {m.key}: init_from {m.init_from!r} is not a member of the "
+                    f"recipe (with fold {m.fold}); members: {', '.join(keys)}"
+                )
+            parent = by_key[parent_key]
+            if parent.type != "all" or m.type == "all":
+                raise UserError(
+                    f"{where} {m.key}: init_from must name an 'all/<name>' member from a "
+                    f"per-type member, got {m.init_from!r}"
+                )
+            if parent.fold != m.fold:
+                raise UserError(
+                    f"{where} {m.key}: init_from {parent.key} was validated on fold "
+                    f"{parent.fold}, this member on fold {m.fold}: fine-tuning would leak "
+                    "validation images"
+                )
+            m = dataclasses.replace(m, init_from=parent_key)
+        resolved.append(m)
+    # Parents first: every 'all' member, then the per-type members.
+    ordered = sorted(resolved, key=lambda m: (m.type != "all", MEMBER_TYPES.index(m.type)))
+    return Recipe(name=name, path=path, description=description, channels=channels,
+                  members=tuple(ordered))
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """``tiny`` -> ``recipes/tiny.toml`` in the repository; a path is used as given."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise UserError(f"recipe file {p} not found")
+        return p
+    candidate = RECIPES_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        names = sorted(q.stem for q in RECIPES_DIR.glob("*.toml"))
+        raise UserError(
+            f"no recipe {str(name_or_path)!r}: not a file and not in {RECIPES_DIR}; "
+            f"shipped recipes: {', '.join(names)}"
+        )
+    return candidate
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Read and validate a recipe by name (``tiny``) or path.
+
+    Raises:
+        UserError: missing file, TOML syntax error, or anything :func:`parse_recipe` rejects.
+    """
+    path = resolve_recipe_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+    return parse_recipe(data, name=path.stem, path=str(path))
+
+
+def member_from_dict(d: dict) -> Member:
+    """Rebuild a :class:`Member` from :meth:`Member.to_dict` output (``config.json``)."""
+    d = dict(d)
+    loss = LossConfig(**{**d.pop("loss", {})})
+    loss = dataclasses.replace(loss, channel_weights=tuple(loss.channel_weights))
+    known = set(_field_names(Member))
+    return Member(loss=loss, **{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,164 @@
+"""Augmentation invariants over the PIPELINES table, and the padded random crops."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import pytest
+
+from competition.train.augment import HISTOLOGY_COLOUR, PIPELINES, augment, build_pipeline
+from competition.train.dataset import CropDataset, EpochSampler, TrainImage, cut_window, reflect_index
+from competition.train.recipe import Member
+
+CASES = [(s, t) for s in PIPELINES for t in ("fluorescence", "histology")]
+
+
+def draw(shape=(67, 93), seed=0):
+    """Disks (some touching) on a dark background, as image and label."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    label = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[:h, :w]
+    for k in range(1, 9):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(4, 12)
+        label[((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) & (label == 0)] = k * 1000  # sparse ids
+    image = np.where(label[..., None] > 0, 180, 25).astype(np.uint8).repeat(3, axis=2)
+    image = (image + rng.integers(0, 20, image.shape)).astype(np.uint8)
+    return image, label
+
+
+def _leaves(transforms):
+    for t in transforms:
+        if isinstance(t, A.BaseCompose):
+            yield from _leaves(t.transforms)
+        else:
+            yield t
+
+
+def all_transforms():
+    out = []
+    for table in (PIPELINES, HISTOLOGY_COLOUR):
+        for strength, factory in table.items():
+            for t in _leaves(factory()):
+                out.append(pytest.param(t, id=f"{strength}-{type(t).__name__}"))
+    return out
+
+
+@pytest.mark.parametrize("strength,image_type", CASES)
+def test_pipeline_keeps_dtypes_shapes_and_label_ids(strength, image_type):
+    image, label = draw()
+    inside = np.ones(label.shape, np.uint8)
+    pipe = build_pipeline(strength, image_type)
+    ids = set(np.unique(label).tolist())
+    for seed in range(12):
+        out, (lab, ins) = augment(pipe, image, [label, inside], np.random.default_rng(seed))
+        assert out.dtype == np.uint8
+        # RandomRotate90 may swap H and W of a non-square input (training windows are square)
+        assert sorted(out.shape[:2]) == sorted(image.shape[:2]) and out.shape[2] == 3
+        assert lab.dtype == np.int32
+        assert lab.shape == out.shape[:2]
+        assert ins.shape == out.shape[:2]
+        assert set(np.unique(lab).tolist()) <= ids, "geometric transforms never invent label ids"
+        assert set(np.unique(ins).tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("strength,image_type", CASES)
+def test_pipeline_is_a_function_of_the_rng(strength, image_type):
+    image, label = draw()
+    pipe = build_pipeline(strength, image_type)
+    a = augment(pipe, image, [label], np.random.default_rng(3))
+    b = augment(build_pipeline(strength, image_type), image, [label], np.random.default_rng(3))
+    assert np.array_equal(a[0], b[0])
+    assert np.array_equal(a[1][0], b[1][0])
+
+
+@pytest.mark.parametrize("strength", [s for s in PIPELINES if PIPELINES[s]()])
+def test_pipeline_varies_with_the_seed(strength):
+    image, label = draw()
+    pipe = build_pipeline(strength)
+    outs = {augment(pipe, image, [label], np.random.default_rng(s))[0].tobytes() for s in range(8)}
+    assert len(outs) > 1
+
+
+@pytest.mark.parametrize("transform", all_transforms())
+def test_each_transform_respects_the_label(transform):
+    image, label = draw(seed=1)
+    transform.p = 1.0
+    pipe = A.Compose([transform])
+    for seed in range(4):
+        out, (lab,) = augment(pipe, image, [label], np.random.default_rng(seed))
+        assert out.dtype == np.uint8
+        assert sorted(out.shape) == sorted(image.shape)
+        assert lab.shape == out.shape[:2]
+        if isinstance(transform, A.ImageOnlyTransform):
+            assert np.array_equal(lab, label), "image-only transforms leave the label untouched"
+        else:
+            assert lab.dtype == np.int32
+            assert set(np.unique(lab).tolist()) <= set(np.unique(label).tolist())
+
+
+def test_flips_move_label_and_image_together():
+    image, label = draw(seed=2)
+    coded = np.repeat((label // 1000 * 20).astype(np.uint8)[..., None], 3, axis=2)
+    for t in (A.HorizontalFlip(p=1), A.VerticalFlip(p=1), A.RandomRotate90(p=1)):
+        out, (lab,) = augment(A.Compose([t]), coded, [label], np.random.default_rng(0))
+        assert np.array_equal(out[..., 0], (lab // 1000 * 20).astype(np.uint8))
+
+
+def test_reflect_index_matches_numpy_reflect():
+    n = 7
+    idx = np.arange(-9, 17)
+    ref = np.pad(np.arange(n), 9 + 1, mode="reflect")[idx + 10]
+    assert np.array_equal(reflect_index(idx, n), ref)
+
+
+def test_cut_window_reflects_and_marks_inside():
+    image, label = draw((20, 30))
+    win, lab, inside = cut_window(image, label, -5, 25, 16)
+    padded = np.pad(label, 20, mode="reflect")
+    assert np.array_equal(lab, padded[15:31, 45:61])
+    assert inside[:5].sum() == 0 and inside[5:, :5].all() and not inside[5:, 5:].any()
+    assert win.shape == (16, 16, 3)
+
+
+def _dataset(crop=32, pad=16, augment_="strong", n=4, shape=(67, 93)):
+    images = [TrainImage(f"i{k}", *draw(shape, k), "histology" if k % 2 else "fluorescence", 0)
+              for k in range(n)]
+    m = Member(type="all", name="t", crop_size=crop, pad=pad, augment=augment_, epochs=2,
+               samples_per_epoch=6, seed=5)
+    return CropDataset(images, m, ("body", "boundary", "gap"), True, 6)
+
+
+def test_crops_have_the_network_shapes_and_a_zero_pad_border():
+    ds = _dataset()
+    x, targets, mask = ds[0]
+    s = 32 + 2 * 16
+    assert tuple(x.shape) == (3, s, s)
+    assert tuple(targets.shape) == (3, s, s)
+    assert tuple(mask.shape) == (1, s, s)
+    m = mask[0].numpy()
+    assert m[:16].sum() == 0 and m[-16:].sum() == 0 and m[:, :16].sum() == 0 and m[:, -16:].sum() == 0
+    assert m[16:48, 16:48].all(), "the central crop of a large-enough image is all counted"
+
+
+def test_crops_of_small_images_mask_what_lies_outside():
+    ds = _dataset(crop=64, pad=16, augment_="none", shape=(20, 25))
+    for index in range(6):
+        _, _, mask = ds[index]
+        assert 0 < mask.sum() <= 20 * 25
+
+
+def test_crops_are_a_function_of_seed_epoch_index():
+    a, b = _dataset(), _dataset()
+    for index in (0, 5, 7, 11):
+        for u, v in zip(a[index], b[index]):
+            assert np.array_equal(u.numpy(), v.numpy())
+    assert not np.array_equal(a[0][0].numpy(), a[6][0].numpy()), "epochs differ"
+
+
+def test_epoch_sampler_shards_disjointly():
+    s0 = list(EpochSampler(10, 2, batch_size=2, rank=0, world=2))
+    s1 = list(EpochSampler(10, 2, batch_size=2, rank=1, world=2))
+    assert len(s0) == len(s1) == 4
+    assert not set(s0) & set(s1)
+    assert all(20 <= i < 30 for i in s0 + s1)
