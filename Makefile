@@ -68,7 +68,7 @@ leaderboard: $(SETUP)  ## print the local leaderboard history, best first
 	$(PYTHON) -m competition leaderboard
 
 train-all: $(SETUP)  ## train every unfinished member of RECIPE on DATA_DIR (resumes; GPUS=N for DDP)
-	$(LAUNCH) train-all --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(BUILD)/folds.csv
+	$(LAUNCH) train-all --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(BUILD)/folds.csv $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
 
 train-one: $(SETUP)  ## train one member: make train-one MEMBER=type/name RECIPE=...
 	@test -n "$(MEMBER)" || { echo "usage: make train-one MEMBER=TYPE/NAME [RECIPE=$(RECIPE)]"; exit 2; }
