@@ -41,8 +41,11 @@ setup: $(SETUP)  ## create .venv with the pinned stack (torch, smp, albumentatio
 test: $(SETUP)  ## run the test suite
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-bench: $(SETUP)  ## speed figures: metric and RLE against naive references
+bench: $(SETUP)  ## speed figures: metric and RLE against naive references; inference of RECIPE when trained
 	$(PYTHON) -m competition bench --data $(DATA_DIR)
+	@if [ -d $(MODELS)/$(RECIPE) ]; then \
+		$(PYTHON) -m competition.bench_inference --models $(MODELS) --recipe $(RECIPE) --data $(DATA_DIR); \
+	else echo "no $(MODELS)/$(RECIPE): train it (make train-all RECIPE=$(RECIPE)) for the inference figures"; fi
 
 data: $(SETUP)  ## download and unpack the competition into DATA_DIR (needs Kaggle credentials)
 	$(PYTHON) -m competition download --data-dir $(DATA_DIR)

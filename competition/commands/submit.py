@@ -1,0 +1,62 @@
+"""Predict every image of DATA_DIR/<stage>_test with a recipe's ensemble (routed per image
+type, with the tuned post-processing), write OUT_DIR/<recipe>-<stage>-<UTC time>.csv (never
+overwriting), validate it, and record everything in the .json beside it. Optionally upload it
+to Kaggle (--kaggle or KAGGLE_SUBMIT=1) and score it against a solution file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "predict the test set with a recipe's ensemble and write a validated submission"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe name (models in MODELS/<recipe>/)")
+    parser.add_argument("--data", type=Path, required=True, help="DATA_DIR holding <stage>_test/ and the sample submission")
+    parser.add_argument("--stage", choices=("stage1", "stage2"), default="stage1", help="test stage")
+    parser.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    parser.add_argument("--out-dir", type=Path, default=Path("submissions"), help="where the CSV and its JSON go")
+    pred = parser.add_argument_group("prediction")
+    pred.add_argument("--tta", choices=("none", "flips", "d4"), default="none", help="test-time augmentation")
+    pred.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    pred.add_argument("--tile-size", type=int, default=512, help="window side for large images (multiple of 32)")
+    pred.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring windows (multiple of 32)")
+    pred.add_argument("--max-side", type=int, default=512, help="images with a side above this are tiled")
+    pred.add_argument("--batch-size", type=int, default=4, help="windows x TTA views per forward pass")
+    pred.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; 1 is faster when the cores are busy with other work)")
+    pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
+    after = parser.add_argument_group("after writing")
+    after.add_argument("--solution", type=Path, help="score against this solution CSV and append to the leaderboard")
+    after.add_argument("--leaderboard", type=Path, help="leaderboard CSV (default: OUT_DIR/leaderboard.csv)")
+    after.add_argument("--kaggle", action="store_true", help="upload with the kaggle CLI (also: KAGGLE_SUBMIT=1)")
+    after.add_argument("--message", help="upload message (default: recipe, stage, TTA, local CV)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from competition.inference import Tiling
+    from competition.submit import SubmitOptions, format_summary, make_submission
+
+    tiling = Tiling(tile_size=args.tile_size, overlap=args.tile_overlap, max_side=args.max_side, batch_size=args.batch_size)
+    options = SubmitOptions(
+        recipe=args.recipe,
+        data_dir=args.data,
+        stage=args.stage,
+        models_dir=args.models,
+        out_dir=args.out_dir,
+        tta=args.tta,
+        device=args.device,
+        tiling=tiling,
+        strict=args.strict,
+        solution=args.solution,
+        leaderboard=args.leaderboard,
+        kaggle=args.kaggle,
+        message=args.message,
+        threads=args.threads,
+    )
+    result = make_submission(options)
+    for line in format_summary(result):
+        print(line)
+    for line in result.report:
+        print(line)
+    return 0

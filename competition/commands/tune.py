@@ -1,0 +1,46 @@
+"""Tune the post-processing of a recipe's ensemble per image type, on the members' out-of-fold
+probability maps (``oof.npz``) and the true labels of the training split, by the competition
+score. Prints the score before (default parameters) and after per type, and writes the tuned
+parameters into ``MODELS/<recipe>/ensemble.json`` (built from the finished members when
+absent)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "tune the watershed post-processing per image type on out-of-fold maps"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe name (models are in MODELS/<recipe>/)")
+    parser.add_argument("--models", type=Path, default=Path("models"), help="models folder")
+    parser.add_argument("--data", type=Path, help="DATA_DIR with stage1_train (default: the one recorded in the members' config.json)")
+    parser.add_argument("--types", nargs="+", metavar="TYPE", help="tune only these entries (all, fluorescence, histology, brightfield)")
+    parser.add_argument("--rounds", type=int, default=2, help="coordinate-descent rounds over the grid")
+    parser.add_argument("--dry-run", action="store_true", help="print the scores, do not write the ensemble file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from competition.ensemble import load_ensemble, tune_ensemble
+
+    started = time.perf_counter()
+    ensemble = load_ensemble(args.models, args.recipe)
+    for line in ensemble.describe():
+        print(f"ensemble {line}")
+    ensemble, outcomes = tune_ensemble(
+        ensemble, data_dir=args.data, n_rounds=args.rounds, entries=args.types, write=not args.dry_run
+    )
+    for t in outcomes:
+        if t.result is None:
+            print(f"{t.entry:<13} not tuned: {t.note}")
+            continue
+        r = t.result
+        params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        note = f"; {t.note}" if t.note else ""
+        print(f"{t.entry:<13} {r.n_images:4d} images  score {r.score_before:.4f} -> {r.score_after:.4f}  ({params}){note}")
+    where = "not written (--dry-run)" if args.dry_run else f"written to {ensemble.path}"
+    print(f"tuned parameters {where} in {time.perf_counter() - started:.0f} s")
+    return 0

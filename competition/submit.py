@@ -1,0 +1,616 @@
+"""Making a submission: predict every test image, post-process, write, validate, record.
+
+:func:`make_submission` runs the whole chain for one recipe:
+
+1. the test ids (``DATA_DIR/<stage>_sample_submission.csv`` when present, else the test
+   folder) and their image sizes (from the PNG headers);
+2. the ensemble file (:mod:`competition.ensemble`) is read and validated and every member is
+   loaded, before any prediction;
+3. each image is read (a background thread reads ahead), classified, routed to its type's
+   ensemble (:class:`competition.inference.EnsemblePredictor`), turned into instances with
+   the post-processing parameters tuned for its type, and run-length encoded;
+4. ``OUT_DIR/<recipe>-<stage>-<UTC time>.csv`` is written (never overwriting a file) and
+   checked by :func:`competition.submission.validate_submission` against the ids and sizes;
+5. ``<same name>.json`` beside it records the recipe, members, parameters, local CV scores,
+   the routing of every image, TTA, the git commit, problems and timings;
+6. optionally the CSV is uploaded with the kaggle CLI (subprocess, timeout) and, with a
+   solution file, scored and appended to the local leaderboard.
+
+A test image that cannot be read still gets an empty row (every id must be present) and is
+reported in the log and the JSON, unless ``strict`` (then :class:`DataError`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from competition.csvio import atomic_write
+from competition.errors import DataError, UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "COMPETITION",
+    "SubmitOptions",
+    "SubmitResult",
+    "make_submission",
+    "find_test_split",
+    "list_test_ids",
+    "submission_path",
+    "git_commit",
+    "local_cv",
+    "kaggle_upload",
+]
+
+COMPETITION = "data-science-bowl-2018"
+STAGES = ("stage1", "stage2")
+KAGGLE_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What :func:`make_submission` does.
+
+    Attributes:
+        recipe: recipe name (models in ``models_dir/<recipe>``).
+        data_dir: DATA_DIR holding ``<stage>_test/`` (and the sample submission).
+        stage: ``stage1`` or ``stage2``.
+        models_dir: the models folder.
+        out_dir: where the CSV and its JSON go.
+        tta: ``none``, ``flips`` or ``d4``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        tiling: :class:`competition.inference.Tiling` (None: the default).
+        strict: an unreadable test image is an error instead of an empty row.
+        solution: score against this solution file when given.
+        leaderboard: history CSV for scored runs (default ``out_dir/leaderboard.csv``).
+        kaggle: upload with the kaggle CLI.
+        message: the upload message (default: recipe, stage, TTA and local CV).
+        postprocess_workers: threads post-processing while the network runs (default: 1 on
+            CUDA, 0 on the CPU, where both would compete for the same cores).
+        threads: torch CPU threads (default: torch's, one per core). On a machine whose
+            cores are busy with other work, 1 can be several times faster: a team of
+            OpenMP threads waits at every layer for its slowest (descheduled) thread.
+    """
+
+    recipe: str
+    data_dir: Path
+    stage: str = "stage1"
+    models_dir: Path = Path("models")
+    out_dir: Path = Path("submissions")
+    tta: str = "none"
+    device: str = "auto"
+    tiling: Any = None
+    strict: bool = False
+    solution: Path | None = None
+    leaderboard: Path | None = None
+    kaggle: bool = False
+    message: str | None = None
+    postprocess_workers: int | None = None
+    threads: int | None = None
+
+
+@dataclass
+class SubmitResult:
+    """What :func:`make_submission` did.
+
+    Attributes:
+        path: the submission CSV.
+        sidecar: its JSON record.
+        record: the JSON content.
+        problems: one line per unreadable or missing test image.
+        score: :class:`competition.scoring.SubmissionScore` when a solution was given.
+        report: :func:`competition.scoring.format_report` lines when scored.
+        upload: the upload outcome (``{"status": ..., "detail": ...}``) when asked.
+    """
+
+    path: Path
+    sidecar: Path
+    record: dict
+    problems: list[str] = field(default_factory=list)
+    score: Any = None
+    report: list[str] = field(default_factory=list)
+    upload: dict | None = None
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def find_test_split(data_dir: str | Path, stage: str) -> tuple[Path, Path | None]:
+    """``(test folder, sample submission or None)`` of a stage.
+
+    Kaggle's names: ``stage1_test`` + ``stage1_sample_submission.csv``; ``stage2_test_final``
+    + ``stage2_sample_submission_final.csv`` (``stage2_test`` is accepted too).
+
+    Raises:
+        DataError: no test folder (the message says ``make data`` or ``DATA_DIR=``).
+    """
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    data_dir = Path(data_dir)
+    folders = [data_dir / f"{stage}_test", data_dir / f"{stage}_test_final"]
+    split = next((f for f in folders if f.is_dir()), None)
+    if split is None:
+        raise DataError(
+            f"no test images for {stage}: neither {folders[0]} nor {folders[1].name} exists; "
+            "get the data with `make data`, or point DATA_DIR= (--data) at an extracted copy"
+        )
+    samples = [data_dir / f"{stage}_sample_submission.csv", data_dir / f"{stage}_sample_submission_final.csv"]
+    return split, next((s for s in samples if s.is_file()), None)
+
+
+def list_test_ids(split: Path, sample: Path | None) -> list[str]:
+    """The ids to predict: the sample submission's (file order) when given, else every image
+    folder of ``split`` (sorted)."""
+    from competition.submission import read_sample_ids
+
+    folder_ids = sorted(p.name for p in split.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    if sample is None:
+        if not folder_ids:
+            raise DataError(f"no image folders in {split}")
+        return folder_ids
+    ids = read_sample_ids(sample)
+    extra = sorted(set(folder_ids) - set(ids))
+    if extra:
+        log.warning("%d image folder(s) in %s are not in %s and are not predicted, e.g. %s", len(extra), split, sample.name, extra[0])
+    return ids
+
+
+def image_path(split: Path, image_id: str) -> Path:
+    return split / image_id / "images" / f"{image_id}.png"
+
+
+def submission_path(out_dir: str | Path, recipe: str, stage: str, now: datetime | None = None) -> Path:
+    """``out_dir/<recipe>-<stage>-<YYYYmmddTHHMMSSZ>.csv``; ``-2``, ``-3``, ... appended when
+    that name (or its ``.json``) exists, so nothing is ever overwritten."""
+    now = now or datetime.now(timezone.utc)
+    stem = f"{Path(recipe).stem}-{stage}-{now.strftime('%Y%m%dT%H%M%SZ')}"
+    out_dir = Path(out_dir)
+    path, n = out_dir / f"{stem}.csv", 1
+    while path.exists() or path.with_suffix(".json").exists():
+        n += 1
+        path = out_dir / f"{stem}-{n}.csv"
+    return path
+
+
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of this repository, or None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def local_cv(ensemble) -> dict[str, Any]:
+    """Local cross-validation scores of an ensemble.
+
+    ``per_type``: for each image type, the tuned out-of-fold score (``score_after``; the
+    default-parameter score as ``score_before``) of the entry it routes to; ``overall``: their
+    mean weighted by the number of tuning images (None when nothing was tuned);
+    ``members``: each member's ``metrics.json`` best score and per-type scores.
+    """
+    from competition.ensemble import IMAGE_TYPES
+
+    per_type: dict[str, Any] = {}
+    for image_type in IMAGE_TYPES:
+        tuning = ensemble.entries[image_type].tuning
+        if tuning:
+            per_type[image_type] = {
+                "score_before": tuning.get("score_before"),
+                "score_after": tuning.get("score_after"),
+                "n_images": tuning.get("n_images"),
+                "members": tuning.get("from_entry", image_type),
+            }
+    weighted = [(v["score_after"], v["n_images"]) for v in per_type.values() if v.get("score_after") is not None and v.get("n_images")]
+    overall = sum(s * n for s, n in weighted) / sum(n for _, n in weighted) if weighted else None
+    members: dict[str, Any] = {}
+    for key in ensemble.routed_member_keys():
+        path = ensemble.member_folder(key) / "metrics.json"
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError):
+            members[key] = None
+            continue
+        members[key] = {
+            "best_score": metrics.get("best_score"),
+            "best_epoch": metrics.get("best_epoch"),
+            "best_by_type": metrics.get("best_by_type", {}),
+        }
+    if overall is None:
+        scores = [m["best_score"] for m in members.values() if m and isinstance(m.get("best_score"), (int, float))]
+        if scores:
+            overall = sum(scores) / len(scores)
+    return {
+        "overall": None if overall is None else round(float(overall), 6),
+        "overall_source": "tuned out-of-fold scores" if weighted else ("members' best validation scores" if overall is not None else None),
+        "per_type": per_type,
+        "members": members,
+    }
+
+
+# ----------------------------------------------------------------------------- kaggle
+
+
+def _kaggle_reachable(host: str = "www.kaggle.com", timeout: float = 10.0) -> bool:
+    """A quick connection test (skipped, True, behind a proxy), so no network fails in seconds."""
+    if any(os.environ.get(n) for n in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def kaggle_upload(
+    path: Path, message: str, *, timeout: float = KAGGLE_TIMEOUT_S, check_network: bool = True
+) -> dict[str, str]:
+    """Upload a submission with ``kaggle competitions submit`` (a subprocess with a timeout).
+
+    Credentials are looked for first (:func:`competition.data.download.find_credentials`:
+    ``KAGGLE_API_TOKEN``, ``~/.kaggle/access_token``, ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``,
+    ``~/.kaggle/kaggle.json``), then the network is tested (10 s), then the CLI runs.
+
+    Never raises: returns ``{"status": "uploaded" | "no-credentials" | "no-kaggle-cli" |
+    "no-network" | "failed" | "timeout", "detail": ...}`` and logs what to do; the CSV stays
+    either way.
+    """
+    from competition.data.download import find_credentials, find_kaggle
+
+    where = find_credentials()
+    if where is None:
+        detail = (
+            "no Kaggle credentials: set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY), or put "
+            "access_token / kaggle.json in ~/.kaggle; then upload with "
+            f"`kaggle competitions submit {COMPETITION} -f {path} -m \"...\"`"
+        )
+        log.error("not uploaded: %s", detail)
+        return {"status": "no-credentials", "detail": detail}
+    exe = find_kaggle()
+    if exe is None:
+        detail = "the kaggle command is not installed (pip install kaggle)"
+        log.error("not uploaded: %s", detail)
+        return {"status": "no-kaggle-cli", "detail": detail}
+    if check_network and not _kaggle_reachable():
+        detail = f"www.kaggle.com cannot be reached (no network?); the CSV is kept at {path}"
+        log.error("not uploaded: %s", detail)
+        return {"status": "no-network", "detail": detail}
+    command = [exe, "competitions", "submit", COMPETITION, "-f", str(path), "-m", message]
+    log.info("uploading %s (credentials from %s)", path, where)
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        detail = f"kaggle did not answer within {timeout:.0f} s (no network?); the CSV is kept at {path}"
+        log.error("not uploaded: %s", detail)
+        return {"status": "timeout", "detail": detail}
+    except OSError as exc:
+        log.error("not uploaded: cannot run kaggle: %s", exc)
+        return {"status": "failed", "detail": f"cannot run kaggle: {exc}"}
+    tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-5:])
+    if out.returncode != 0:
+        hint = " (403: accept the competition rules on the website)" if "403" in tail else ""
+        log.error("not uploaded: kaggle exited with status %d%s: %s", out.returncode, hint, tail)
+        return {"status": "failed", "detail": f"exit status {out.returncode}{hint}: {tail}"}
+    log.info("uploaded: %s", tail)
+    return {"status": "uploaded", "detail": tail}
+
+
+def upload_requested(flag: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """``--kaggle`` or ``KAGGLE_SUBMIT=1`` (also ``true``/``yes``)."""
+    env = os.environ if environ is None else environ
+    return flag or env.get("KAGGLE_SUBMIT", "").strip().lower() in ("1", "true", "yes")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class _RleLabels(Mapping):
+    """ImageId -> label image, rebuilt on access from the stored run-length strings (so a
+    stage-2-sized test set does not hold thousands of label images in memory)."""
+
+    def __init__(self, rles: Mapping[str, list[str]], shapes: Mapping[str, tuple[int, int] | None]) -> None:
+        self._rles = rles
+        self._shapes = shapes
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        from competition.rle import rles_to_label
+
+        rles = self._rles[image_id]
+        shape = self._shapes.get(image_id)
+        if not rles or shape is None:
+            return np.zeros((1, 1), dtype=np.int32)
+        return rles_to_label(rles, shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rles)
+
+    def __len__(self) -> int:
+        return len(self._rles)
+
+
+@dataclass
+class _Predictions:
+    """What the prediction loop produced: run-length strings and routing per image, the
+    problems met, and the seconds per stage."""
+
+    rles: dict[str, list[str]] = field(default_factory=dict)
+    routing: dict[str, Any] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    read_wait: float = 0.0
+    postprocess: float = 0.0
+    encode: float = 0.0
+
+
+def _write_json(path: Path, record: dict, *, overwrite: bool) -> None:
+    with atomic_write(path, overwrite=overwrite) as handle:
+        json.dump(record, handle, indent=2)
+        handle.write("\n")
+
+
+def _read_shapes(split: Path, ids: list[str], strict: bool) -> tuple[dict[str, tuple[int, int] | None], dict[str, str]]:
+    """(height, width) of every test image from its PNG header; unreadable ones are problems
+    (a :class:`DataError` when ``strict``)."""
+    from competition.data.io import read_image_shape
+
+    shapes: dict[str, tuple[int, int] | None] = {}
+    problems: dict[str, str] = {}
+    for image_id in ids:
+        try:
+            shapes[image_id] = read_image_shape(image_path(split, image_id))
+        except DataError as exc:
+            shapes[image_id] = None
+            problems[image_id] = str(exc)
+    if problems and strict:
+        first = next(iter(problems.values()))
+        raise DataError(f"{len(problems)} test image(s) cannot be read (--strict), first: {first}")
+    for image_id, problem in problems.items():
+        log.error("%s: %s; it gets an empty row", image_id, problem)
+    return shapes, problems
+
+
+def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dict[str, str], *, strict: bool,
+                 workers: int) -> _Predictions:
+    """Read (ahead, in a thread), predict, post-process and encode every readable image.
+
+    With ``workers`` > 0, post-processing and encoding run in that many threads while the
+    network predicts the next image.
+    """
+    from competition.data.io import read_image
+    from competition.inference import prefetch
+    from competition.postprocess import watershed_instances
+    from competition.rle import label_to_rles
+
+    out = _Predictions(problems=dict(problems))
+    params = {t: ensemble.params_for(t) for t in ("fluorescence", "histology", "brightfield")}
+
+    def finish(image_id: str, probs: np.ndarray, image_type: str) -> tuple[str, list[str], float, float]:
+        t0 = time.perf_counter()
+        label = watershed_instances(probs, params[image_type][0], predictor.channels)
+        t1 = time.perf_counter()
+        return image_id, label_to_rles(label), t1 - t0, time.perf_counter() - t1
+
+    def collect(done: tuple[str, list[str], float, float]) -> None:
+        image_id, encoded, t_post, t_enc = done
+        out.rles[image_id] = encoded
+        out.routing[image_id]["n_objects"] = len(encoded)
+        out.postprocess += t_post
+        out.encode += t_enc
+
+    readable = [i for i in ids if i not in problems]
+    pool, pending = None, []
+    if workers > 0:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="postprocess")
+    try:
+        t_wait = time.perf_counter()
+        for n, (image_id, image, error) in enumerate(prefetch(readable, lambda i: read_image(image_path(split, i))), 1):
+            out.read_wait += time.perf_counter() - t_wait
+            if error is not None:
+                if strict:
+                    raise DataError(f"test image {image_id} cannot be read (--strict): {error}")
+                out.problems[image_id] = str(error)
+                log.error("%s: %s; it gets an empty row", image_id, error)
+            else:
+                probs, route = predictor.predict(image)
+                out.routing[image_id] = {**route.to_dict(), "postprocess": params[route.image_type][1],
+                                         "shape": list(image.shape[:2])}
+                if pool is None:
+                    collect(finish(image_id, probs, route.image_type))
+                else:
+                    pending.append(pool.submit(finish, image_id, probs, route.image_type))
+                    while len(pending) > 2 * workers:
+                        collect(pending.pop(0).result())
+            if n % 10 == 0 or n == len(readable):
+                log.info("%d/%d images predicted", n, len(readable))
+            t_wait = time.perf_counter()
+        for future in pending:
+            collect(future.result())
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for image_id in ids:
+        if image_id not in out.rles:
+            out.rles[image_id] = []
+            out.routing.setdefault(image_id, {"error": out.problems.get(image_id, "not predicted")})
+    return out
+
+
+def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
+    """Predict the test set of ``options.stage`` and write a validated submission.
+
+    Args:
+        options: see :class:`SubmitOptions`.
+        loader: member loader passed to :class:`~competition.inference.EnsemblePredictor`
+            (tests); default :func:`competition.train.members.load_member`.
+
+    Returns:
+        :class:`SubmitResult`.
+
+    Raises:
+        UserError: no models, an invalid ensemble file or a missing member folder (before
+            any prediction); an invalid TTA mode.
+        DataError: no test folder; an unreadable image when ``strict``.
+    """
+    from competition.ensemble import load_ensemble
+    from competition.inference import EnsemblePredictor, Tiling, set_threads
+    from competition.submission import validate_submission, write_submission
+
+    started = time.perf_counter()
+    opts = options
+    split, sample = find_test_split(opts.data_dir, opts.stage)
+    ids = list_test_ids(split, sample)
+    shapes, problems = _read_shapes(split, ids, opts.strict)
+
+    ensemble = load_ensemble(opts.models_dir, opts.recipe)
+    set_threads(opts.threads)
+    tiling = opts.tiling or Tiling()
+    predictor = EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader)
+    workers = opts.postprocess_workers
+    if workers is None:
+        workers = 1 if predictor.device.type == "cuda" else 0
+    log.info("predicting %d test images of %s with %s", len(ids), split, opts.recipe)
+    pred = _predict_all(predictor, ensemble, split, ids, problems, strict=opts.strict, workers=workers)
+    t_predicted = time.perf_counter()
+
+    path = submission_path(opts.out_dir, opts.recipe, opts.stage)
+    write_submission(path, _RleLabels(pred.rles, shapes), image_ids=ids)
+    known_shapes = {i: s for i, s in shapes.items() if s is not None}
+    _, invalid = validate_submission(path, required_ids=ids, shapes=known_shapes)
+    if invalid:  # a bug, not the user's: keep the file for inspection
+        raise UserError(f"{path} failed validation ({len(invalid)} problem(s)), first: {invalid[0]}")
+    t_written = time.perf_counter()
+    n_objects = sum(len(v) for v in pred.rles.values())
+    log.info("wrote %s (%d images, %d objects), valid", path, len(ids), n_objects)
+
+    cv = local_cv(ensemble)
+    types_seen: dict[str, int] = {}
+    for r in pred.routing.values():
+        if "type" in r:
+            types_seen[r["type"]] = types_seen.get(r["type"], 0) + 1
+    n_predicted = len(ids) - len(pred.problems)
+    record: dict[str, Any] = {
+        "submission": str(path),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": ensemble.recipe,
+        "stage": opts.stage,
+        "data_dir": str(opts.data_dir),
+        "test_dir": str(split),
+        "sample_submission": str(sample) if sample else None,
+        "models_dir": str(ensemble.root),
+        "ensemble": ensemble.to_dict()["types"],
+        "members": ensemble.routed_member_keys(),
+        "postprocess": {t: {"params": ensemble.params_for(t)[0].to_dict(), "source": ensemble.params_for(t)[1]}
+                        for t in ("fluorescence", "histology", "brightfield")},
+        "local_cv": cv,
+        "tta": opts.tta,
+        "tiling": {"tile_size": tiling.tile_size, "overlap": tiling.overlap, "max_side": tiling.max_side,
+                   "batch_size": tiling.batch_size},
+        "device": str(predictor.device),
+        "threads": torch_threads(),
+        "git_commit": git_commit(),
+        "n_images": len(ids),
+        "n_objects": n_objects,
+        "types": types_seen,
+        "problems": [{"image_id": i, "problem": p} for i, p in pred.problems.items()],
+        "routing": pred.routing,
+        "timings": {
+            "total_s": round(t_written - started, 3),
+            "predict_loop_s": round(t_predicted - started, 3),
+            "network_s": round(predictor.timings.network.seconds, 3),
+            "ensemble_predict_s": round(predictor.timings.predict, 3),
+            "classify_s": round(predictor.timings.classify, 3),
+            "read_wait_s": round(pred.read_wait, 3),
+            "postprocess_s": round(pred.postprocess, 3),
+            "encode_s": round(pred.encode, 3),
+            "write_validate_s": round(t_written - t_predicted, 3),
+            "images_per_s": round(n_predicted / max(t_predicted - started, 1e-9), 3),
+        },
+        "score": None,
+        "upload": None,
+    }
+    sidecar = path.with_suffix(".json")
+    _write_json(sidecar, record, overwrite=False)
+    result = SubmitResult(path, sidecar, record, [f"{i}: {p}" for i, p in pred.problems.items()])
+
+    if opts.solution is not None:
+        result.score, result.report = _score(path, opts, pred.routing)
+        record["score"] = {
+            "solution": str(opts.solution),
+            "score": round(result.score.score, 6),
+            "groups": {k: round(v, 6) for k, v in result.score.groups().items()},
+            "interval": [round(v, 6) for v in result.score.result.bootstrap_interval()],
+        }
+    if upload_requested(opts.kaggle):
+        overall = cv["overall"]
+        message = opts.message or (
+            f"{ensemble.recipe} {opts.stage} TTA {opts.tta} local CV "
+            + (f"{overall:.4f}" if overall is not None else "n/a")
+            + (f" commit {record['git_commit'][:8]}" if record["git_commit"] else "")
+        )
+        result.upload = record["upload"] = {**kaggle_upload(path, message), "message": message}
+    if record["score"] is not None or record["upload"] is not None:
+        _write_json(sidecar, record, overwrite=True)
+    return result
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _score(path: Path, opts: SubmitOptions, routing: Mapping[str, Any]):
+    from competition import leaderboard
+    from competition.scoring import format_report, score_submission
+
+    types = {i: r["type"] for i, r in routing.items() if "type" in r}
+    scored = score_submission(path, opts.solution, types)
+    board = opts.leaderboard or Path(opts.out_dir) / "leaderboard.csv"
+    leaderboard.append_row(
+        path,
+        opts.solution,
+        n_images=len(scored.result.images),
+        score=scored.score,
+        interval=scored.result.bootstrap_interval(),
+        groups=scored.groups(),
+        path=board,
+    )
+    lines = format_report(scored)
+    lines.insert(-1, f"recorded in {board}")
+    return scored, lines
+
+
+def format_summary(result: SubmitResult) -> list[str]:
+    """Lines for the terminal after a submission."""
+    r = result.record
+    t = r["timings"]
+    cv = r["local_cv"]["overall"]
+    lines = [
+        f"submission {result.path}",
+        f"record     {result.sidecar}",
+        f"images {r['n_images']}, objects {r['n_objects']}, types "
+        + ", ".join(f"{k} {v}" for k, v in sorted(r["types"].items())),
+        f"TTA {r['tta']}, device {r['device']}, local CV " + (f"{cv:.4f}" if cv is not None else "n/a"),
+        f"time {t['total_s']:.1f} s: network {t['network_s']:.1f} s, post-processing {t['postprocess_s']:.1f} s, "
+        f"encoding {t['encode_s']:.1f} s ({t['images_per_s']:.2f} images/s)",
+    ]
+    for problem in result.problems:
+        lines.append(f"problem {problem}")
+    if result.upload is not None:
+        lines.append(f"kaggle upload: {result.upload['status']}: {result.upload['detail']}")
+    return lines

@@ -1,0 +1,488 @@
+"""Submissions end to end on stand-in models: routing, sidecar, problems, never overwriting."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ----------------------------------------------------------------------------- drawn data
+
+
+def draw_sample(kind: str, shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A drawn image of one type with a few disks (and a touching pair) and its label.
+
+    Shapes: -> image (H, W, 3) uint8, label (H, W) int32.
+    """
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    label = np.zeros(shape, np.int32)
+    n = 0
+    centres = [(h * 0.3, w * 0.3), (h * 0.3, w * 0.3 + 11), (h * 0.7, w * 0.6), (h * 0.25, w * 0.75)]
+    centres += [(rng.uniform(8, h - 8), rng.uniform(8, w - 8)) for _ in range(3)]
+    for cy, cx in centres:
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(5, 8) ** 2
+        disk &= label == 0
+        if disk.sum() > 10:
+            n += 1
+            label[disk] = n
+    inside = label > 0
+    if kind == "fluorescence":
+        image = np.where(inside, 200, 10)[..., None].repeat(3, axis=2)
+    elif kind == "histology":
+        image = np.where(inside[..., None], [120, 40, 140], [235, 190, 220])
+    elif kind == "brightfield":
+        image = np.where(inside, 80, 200)[..., None].repeat(3, axis=2)
+    else:
+        raise ValueError(kind)
+    noise = rng.integers(-4, 5, size=image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8), label
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_dataset(root: Path, *, n_test_per_type: int = 1, seed: int = 0) -> dict:
+    """Kaggle layout: stage1_train (with masks), stage1_test, sample submission, solution.
+
+    Returns:
+        {"train": {id: (type, label)}, "test": {id: (type, label)}}.
+    """
+    from competition.solution import write_solution
+
+    rng = np.random.default_rng(seed)
+    kinds = ("fluorescence", "histology", "brightfield")
+    shapes = [(67, 93), (96, 80), (64, 64), (100, 70)]
+    out: dict = {"train": {}, "test": {}}
+    for split, n_per in (("stage1_train", 2), ("stage1_test", n_test_per_type)):
+        for kind in kinds:
+            for i in range(n_per):
+                image_id = f"{split[7:]}{kind[:4]}{i:02d}"
+                image, label = draw_sample(kind, shapes[(i + len(out[split[7:]])) % len(shapes)], rng)
+                write_png(root / split / image_id / "images" / f"{image_id}.png", image)
+                if split == "stage1_train":
+                    for k in range(1, label.max() + 1):
+                        write_png(root / split / image_id / "masks" / f"m{k:03d}.png", ((label == k) * 255).astype(np.uint8))
+                out[split[7:]][image_id] = (kind, label)
+    test = out["test"]
+    with (root / "stage1_sample_submission.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["ImageId", "EncodedPixels"])
+        for image_id in test:
+            writer.writerow([image_id, "1 1"])
+    write_solution({i: lab for i, (_, lab) in test.items()}, root / "stage1_solution.csv",
+                   {i: ("Public" if n % 2 else "Private") for n, i in enumerate(test)})
+    return out
+
+
+# ----------------------------------------------------------------------------- stand-in members
+
+CHANNELS = ["body", "boundary", "gap"]
+
+
+def make_member(root: Path, key: str, *, data_dir: Path | None = None, oof: dict | None = None,
+                seed: int = 0, encoder: str = "mobilenet_v2", finished: bool = True) -> Path:
+    """A member folder in the training code's format (config.json, best.pt, metrics.json,
+    done, optional oof.npz) holding a random-weight smp Unet.
+
+    Args:
+        oof: ImageId -> (type, probs C×H×W float) written as oof.npz (uint8, scale 255).
+    """
+    import torch
+
+    from competition.train.model import IMAGENET_MEAN, IMAGENET_STD, build_network
+
+    folder = root / key
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    net = build_network("Unet", encoder, len(CHANNELS))
+    torch.save({"model": net.state_dict(), "epoch": 1, "score": 0.5}, folder / "best.pt")
+    mtype, name = key.split("/")
+    config = {"recipe": root.name, "key": key, "type": mtype, "name": name, "arch": "Unet",
+              "encoder": encoder, "channels": CHANNELS, "mean": list(IMAGENET_MEAN),
+              "std": list(IMAGENET_STD), "stride": 32, "invert": True, "fold": 0,
+              "data_dir": str(data_dir) if data_dir else ""}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.json").write_text(json.dumps({"key": key, "best_epoch": 1, "best_score": 0.5,
+                                                     "best_by_type": {}, "finished": finished}))
+    if finished:
+        (folder / "done").write_text("done\n")
+    if oof:
+        arrays = {"ids": np.array(list(oof)), "types": np.array([t for t, _ in oof.values()]),
+                  "channels": np.array(CHANNELS), "scale": np.array(255.0), "epoch": np.array(1)}
+        arrays.update({f"p_{i}": np.round(p * 255).astype(np.uint8) for i, (_, p) in oof.items()})
+        np.savez_compressed(folder / "oof.npz", **arrays)
+    return folder
+
+
+def soft_probs(label: np.ndarray, peak: float = 1.0) -> np.ndarray:
+    """Probabilities made from the targets of a label, blurred, body scaled to ``peak``."""
+    from scipy import ndimage as ndi
+
+    from competition.targets import make_targets
+
+    t = make_targets(label)
+    t = np.stack([ndi.gaussian_filter(c, 1.0) for c in t])
+    t[0] *= peak
+    return np.clip(t, 0, 1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The stand-ins are tiny: one thread is plenty, and it keeps these tests fast on cores shared
+    with other work (a team of 2 OpenMP threads waits at every layer for a descheduled one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    """Drawn data, two stand-in members (all + fluorescence) with out-of-fold maps."""
+    root = tmp_path_factory.mktemp("submit")
+    data = make_dataset(root / "data")
+    models = root / "models"
+    oof = {i: (t, soft_probs(lab, peak=0.45)) for i, (t, lab) in data["train"].items()}
+    make_member(models / "standin", "all/a", data_dir=root / "data", oof=oof)
+    make_member(models / "standin", "fluorescence/f", data_dir=root / "data", seed=1,
+                oof={i: v for i, v in oof.items() if v[0] == "fluorescence"})
+    return {"root": root, "data": root / "data", "models": models, "drawn": data}
+
+
+_LOADED: dict = {}
+
+
+def cached_loader(folder, device):
+    """load_member, memoised: the stand-in networks are built once for the whole module."""
+    from competition.train.members import load_member
+
+    key = (str(folder), str(device))
+    if key not in _LOADED:
+        _LOADED[key] = load_member(folder, device)
+    return _LOADED[key]
+
+
+def submit(world, tmp_path, **kw):
+    from competition.submit import make_submission
+
+    return make_submission(options(world, tmp_path, **kw), loader=cached_loader)
+
+
+def options(world, tmp_path, **kw):
+    from competition.submit import SubmitOptions
+
+    base = {"recipe": "standin", "data_dir": world["data"], "models_dir": world["models"],
+            "out_dir": tmp_path / "subs", "device": "cpu"}
+    base.update(kw)
+    return SubmitOptions(**base)
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as fh:
+        return list(csv.reader(fh))[1:]
+
+
+# ----------------------------------------------------------------------------- submit
+
+
+def test_submission_is_valid_and_the_sidecar_records_the_run(world, tmp_path):
+    from competition.submission import validate_submission
+
+    from competition.submit import make_submission
+
+    result = make_submission(options(world, tmp_path, tta="flips"))
+    test = world["drawn"]["test"]
+    assert result.path.name.startswith("standin-stage1-")
+    _, problems = validate_submission(result.path, required_ids=list(test))
+    assert problems == []
+    record = json.loads(result.sidecar.read_text())
+    for key in ("recipe", "members", "postprocess", "local_cv", "routing", "tta", "git_commit", "timings", "problems"):
+        assert key in record, key
+    assert record["tta"] == "flips"
+    assert record["threads"] >= 1
+    assert sorted(record["members"]) == ["all/a", "fluorescence/f"]
+    for image_id, (kind, _) in test.items():
+        route = record["routing"][image_id]
+        assert route["type"] == kind
+        assert route["fallback"] is (kind != "fluorescence")
+        assert [m["member"] for m in route["members"]] == (["fluorescence/f"] if kind == "fluorescence" else ["all/a"])
+    assert record["timings"]["network_s"] > 0
+    assert record["problems"] == []
+
+
+def test_two_submissions_in_a_row_give_two_files(world, tmp_path):
+    first = submit(world, tmp_path)
+    second = submit(world, tmp_path)
+    assert first.path != second.path
+    assert first.path.is_file()
+    assert second.path.is_file()
+    assert sorted(p.suffix for p in (tmp_path / "subs").iterdir()) == [".csv", ".csv", ".json", ".json"]
+
+
+def test_submission_path_never_reuses_a_name(tmp_path):
+    from datetime import datetime, timezone
+
+    from competition.submit import submission_path
+
+    now = datetime(2018, 4, 16, 12, 0, 0, tzinfo=timezone.utc)
+    first = submission_path(tmp_path, "cpu", "stage1", now)
+    assert first.name == "cpu-stage1-20180416T120000Z.csv"
+    first.write_text("x")
+    second = submission_path(tmp_path, "cpu", "stage1", now)
+    assert second.name == "cpu-stage1-20180416T120000Z-2.csv"
+
+
+@pytest.fixture
+def broken_world(world, tmp_path) -> dict:
+    """The drawn data with one test image replaced by garbage bytes."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    victim = sorted(world["drawn"]["test"])[0]
+    (data / "stage1_test" / victim / "images" / f"{victim}.png").write_bytes(b"not a png")
+    return {**world, "data": data, "victim": victim}
+
+
+def test_unreadable_test_image_gets_an_empty_row_and_is_reported(broken_world, tmp_path, caplog):
+    result = submit(broken_world, tmp_path)
+    victim = broken_world["victim"]
+    rows = read_rows(result.path)
+    assert [r for r in rows if r[0] == victim] == [[victim, ""]]
+    assert {r[0] for r in rows} == set(broken_world["drawn"]["test"])
+    record = json.loads(result.sidecar.read_text())
+    assert [p["image_id"] for p in record["problems"]] == [victim]
+    assert victim in caplog.text
+
+
+def test_unreadable_test_image_with_strict_is_an_error(broken_world, tmp_path):
+    from competition.errors import DataError
+    with pytest.raises(DataError, match=broken_world["victim"]):
+        submit(broken_world, tmp_path, strict=True)
+    assert not (tmp_path / "subs").exists()
+
+
+def test_missing_member_folder_fails_before_any_prediction(world, tmp_path, monkeypatch):
+    import shutil
+
+    from competition.errors import UserError
+    from competition.inference import EnsemblePredictor
+    models = tmp_path / "models"
+    shutil.copytree(world["models"], models)
+    path = models / "standin" / "ensemble.json"
+    if not path.exists():
+        from competition.ensemble import load_ensemble
+
+        load_ensemble(models, "standin")
+    data = json.loads(path.read_text())
+    data["types"]["histology"]["members"] = [{"member": "histology/gone", "weight": 1.0}]
+    path.write_text(json.dumps(data))
+
+    def never(*args, **kwargs):
+        raise AssertionError("prediction started")
+
+    monkeypatch.setattr(EnsemblePredictor, "predict", never)
+    with pytest.raises(UserError, match="histology/gone"):
+        submit(world, tmp_path, models_dir=models)
+    assert not (tmp_path / "subs").exists()
+
+
+def test_solution_scores_and_appends_to_the_leaderboard(world, tmp_path):
+    from competition import leaderboard
+    result = submit(world, tmp_path, solution=world["data"] / "stage1_solution.csv", postprocess_workers=1)
+    assert result.report[-1].startswith("score ")
+    rows = leaderboard.read_rows(tmp_path / "subs" / "leaderboard.csv")
+    assert len(rows) == 1
+    assert rows[0]["submission"] == str(result.path)
+    record = json.loads(result.sidecar.read_text())
+    assert record["score"]["score"] == pytest.approx(result.score.score, abs=1e-6)
+
+
+def test_tuning_writes_better_params_into_the_ensemble(world, tmp_path):
+    import shutil
+
+    from competition.ensemble import load_ensemble, read_ensemble, tune_ensemble
+
+    models = tmp_path / "models"
+    shutil.copytree(world["models"], models)
+    ensemble, outcomes = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1)
+    by_entry = {t.entry: t for t in outcomes}
+    assert set(by_entry) == {"all", "fluorescence", "histology", "brightfield"}
+    fluo = by_entry["fluorescence"].result
+    assert fluo.n_images == 2
+    assert fluo.score_after > fluo.score_before
+    assert fluo.params.body_threshold < 0.45  # the drawn maps peak at 0.45
+    saved = read_ensemble(models / "standin" / "ensemble.json")
+    assert saved.entries["fluorescence"].postprocess == fluo.params.to_dict()
+    assert saved.entries["histology"].tuning["from_entry"] == "all"  # fallback: all's maps of histology images
+    assert saved.entries["histology"].tuning["n_images"] == 2
+
+
+# ----------------------------------------------------------------------------- kaggle
+
+
+def fake_kaggle(bin_dir: Path, script: str) -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    exe = bin_dir / "kaggle"
+    exe.write_text(f"#!{sys.executable}\n{script}\n")
+    exe.chmod(0o755)
+
+
+def no_credentials(monkeypatch, tmp_path) -> None:
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle-config"))
+
+
+def test_upload_without_credentials_keeps_the_csv_and_says_what_to_do(world, tmp_path, monkeypatch):
+    no_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("KAGGLE_SUBMIT", "1")
+    result = submit(world, tmp_path)
+    assert result.upload["status"] == "no-credentials"
+    assert "KAGGLE_API_TOKEN" in result.upload["detail"]
+    assert result.path.is_file()
+    assert json.loads(result.sidecar.read_text())["upload"]["status"] == "no-credentials"
+
+
+def test_upload_runs_the_kaggle_cli_and_times_out_instead_of_hanging(tmp_path, monkeypatch):
+    from competition.submit import kaggle_upload
+
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "stand-in")
+    bin_dir = tmp_path / "bin"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    csv_path = tmp_path / "s.csv"
+    csv_path.write_text("ImageId,EncodedPixels\n")
+    log_file = tmp_path / "args.json"
+    fake_kaggle(bin_dir, f"import json, sys\njson.dump(sys.argv[1:], open({str(log_file)!r}, 'w'))\nprint('Successfully submitted')")
+    outcome = kaggle_upload(csv_path, "cv 0.5", check_network=False)
+    assert outcome["status"] == "uploaded"
+    assert json.loads(log_file.read_text()) == ["competitions", "submit", "data-science-bowl-2018", "-f", str(csv_path), "-m", "cv 0.5"]
+    fake_kaggle(bin_dir, "import time\ntime.sleep(30)")
+    assert kaggle_upload(csv_path, "m", timeout=1, check_network=False)["status"] == "timeout"
+    fake_kaggle(bin_dir, "import sys\nprint('403 - Forbidden', file=sys.stderr)\nsys.exit(1)")
+    failed = kaggle_upload(csv_path, "m", check_network=False)
+    assert failed["status"] == "failed"
+    assert "rules" in failed["detail"]
+    assert csv_path.is_file()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "competition", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_submit_cli_reports_a_missing_recipe_folder_as_one_line(world, tmp_path, capsys):
+    from competition.cli import main
+
+    status = main(["submit", "--recipe", "nothing", "--data", str(world["data"]), "--models", str(tmp_path / "m"),
+                   "--out-dir", str(tmp_path / "s")])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no models for recipe 'nothing'")
+    assert len(err.splitlines()) == 1
+
+
+def test_predict_command_writes_labels_and_routing(world, tmp_path):
+    from PIL import Image
+
+    from competition.cli import main
+
+    out = tmp_path / "pred"
+    status = main(["predict", str(world["data"] / "stage1_test"), "--recipe", "standin", "--models", str(world["models"]),
+                   "--out", str(out), "--device", "cpu", "--probs"])
+    assert status == 0
+    routing = json.loads((out / "routing.json").read_text())
+    assert set(routing) == set(world["drawn"]["test"])
+    for image_id, (kind, label) in world["drawn"]["test"].items():
+        assert routing[image_id]["type"] == kind
+        assert np.asarray(Image.open(out / f"{image_id}.png")).shape == label.shape
+        with np.load(out / f"{image_id}.npz") as z:
+            assert z["probs"].shape == (3, *label.shape)
+
+
+def test_bench_inference_reports_each_tta_mode(world):
+    from competition.bench_inference import bench_inference
+
+    timings = bench_inference(world["models"], "standin", world["data"], n_images=1, tta=("none", "flips"), device="cpu",
+                              loader=cached_loader)
+    assert [t.tta for t in timings] == ["none", "flips"]
+    assert all(t.n_images == 1 for t in timings)
+    assert all(0 < t.network_s <= t.predict_s <= t.total_s for t in timings)
+    assert "img/s" in timings[1].line()
+
+
+# ----------------------------------------------------------------------------- the demo chain
+
+
+def _has_synth() -> bool:
+    return (REPO / "competition" / "synth.py").is_file() and (REPO / "competition" / "commands" / "synth.py").is_file()
+
+
+@pytest.mark.slow
+def test_demo_chain_synth_train_tune_submit_leaderboard_report(tmp_path):
+    """What `make demo` runs, by subprocess, into tmp_path."""
+    data, models, subs = tmp_path / "data", tmp_path / "models", tmp_path / "subs"
+    if _has_synth():
+        out = run_cli("synth", str(data), "--n-train", "12", "--n-test", "6")
+        assert out.returncode == 0, out.stderr
+    else:  # the synthetic-data module is not there yet: drawn data in the same layout
+        make_dataset(data, n_test_per_type=2)
+    out = run_cli("train-all", "--recipe", "tiny", "--data", str(data), "--models", str(models),
+                  "--folds", str(tmp_path / "folds.csv"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu")
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_cli("tune", "--recipe", "tiny", "--models", str(models), "--rounds", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "score" in out.stdout
+    ensemble = json.loads((models / "tiny" / "ensemble.json").read_text())
+    assert any(entry["postprocess"] for entry in ensemble["types"].values())
+    out = run_cli("submit", "--recipe", "tiny", "--data", str(data), "--models", str(models), "--out-dir", str(subs),
+                  "--solution", str(data / "stage1_solution.csv"), "--device", "cpu")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("score ")
+    submissions = sorted(subs.glob("tiny-stage1-*.csv"))
+    assert len(submissions) == 1
+    assert json.loads(submissions[0].with_suffix(".json").read_text())["score"] is not None
+    out = run_cli("leaderboard", "--path", str(subs / "leaderboard.csv"))
+    assert out.returncode == 0, out.stderr
+    assert str(submissions[0]) in out.stdout
+    out = run_cli("report", str(submissions[0]), "--solution", str(data / "stage1_solution.csv"), "--out", str(tmp_path / "report"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_inference_matches_the_training_validation_forward_pass(world):
+    """No TTA, whole image: the same probabilities as competition.train.model.predict_probs."""
+    from competition.inference import LoadedMember, predict_member
+    from competition.train.members import load_member
+    from competition.train.model import predict_probs
+
+    folder = world["models"] / "standin" / "all" / "a"
+    model, config = load_member(folder)
+    for image_id in sorted(world["drawn"]["test"])[:2]:
+        from competition.data.io import read_image
+
+        image = read_image(world["data"] / "stage1_test" / image_id / "images" / f"{image_id}.png")
+        ours = predict_member(LoadedMember("all/a", folder, model, config), image)
+        theirs = predict_probs(model, image, config)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
