@@ -51,7 +51,8 @@ def plot_curves(rows: Sequence[dict], path: Path, title: str = "") -> None:
             ax_loss.plot(*zip(*pts), style, label=key.replace("_", " "), ms=3)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
-    ax_loss.legend()
+    if ax_loss.get_legend_handles_labels()[1]:
+        ax_loss.legend()
     keys = ["valid_score"] + sorted({k for r in rows for k in r if k.startswith("score_")})
     for key in keys:
         pts = series(key)
@@ -64,7 +65,8 @@ def plot_curves(rows: Sequence[dict], path: Path, title: str = "") -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_score.set_xlabel("epoch")
     ax_score.set_ylabel("competition score")
-    ax_score.legend()
+    if ax_score.get_legend_handles_labels()[1]:  # no score yet before the first validation
+        ax_score.legend()
     if title:
         fig.suptitle(title)
     _save(fig, path)
