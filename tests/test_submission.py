@@ -216,3 +216,31 @@ def test_cli_score_validate_and_leaderboard(tmp_path):
     done = run_cli("leaderboard", "--path", board, cwd=tmp_path)
     assert done.returncode == 0
     assert "1.0000" in done.stdout
+
+
+@pytest.mark.slow
+def test_cli_make_solution_from_a_fold_scores_like_the_leaderboard(tmp_path):
+    from competition.data.io import load_split
+    from competition.synth import generate_dataset
+
+    data = generate_dataset(tmp_path / "data", n_train=6, n_test=3, seed=3)
+    train = load_split(data.train_dir)[0]
+    folds = tmp_path / "folds.csv"
+    folds.write_text("ImageId,type,fold\n" + "".join(f"{s.image_id},fluorescence,{i % 2}\n" for i, s in enumerate(train)))
+
+    done = run_cli("make-solution", data.train_dir, tmp_path / "fold1.csv", "--ids", folds, "--fold", 1, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    solution = read_solution(tmp_path / "fold1.csv")
+    fold1 = {s.image_id: s.label for i, s in enumerate(train) if i % 2 == 1}
+    assert set(solution) == set(fold1)
+    for image_id, label in fold1.items():
+        assert solution[image_id].label().max() == len(np.unique(label)) - 1
+
+    # the fold's own labels, submitted, score 1.0 against it
+    sub = write_submission(tmp_path / "sub.csv", fold1)
+    done = run_cli("score", sub, tmp_path / "fold1.csv", "--no-record", cwd=tmp_path)
+    assert done.stdout.strip().splitlines()[-1] == "score 1.0000"
+
+    done = run_cli("make-solution", data.train_dir, tmp_path / "fold1.csv", "--ids", folds, "--fold", 1, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "exists" in done.stderr
