@@ -25,16 +25,7 @@ from competition.inference import (
 # ----------------------------------------------------------------------------- stand-in networks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The stand-ins are tiny: one thread is plenty, and it keeps these tests fast on cores shared
-    with other work (a team of 2 OpenMP threads waits at every layer for a descheduled one)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
