@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from competition.metric import THRESHOLD_STEPS, score_image
-from competition.rle import decode, encode
+from competition.rle import decode, encode, label_to_rles, rles_to_label
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +157,28 @@ def bench_rle(labels: list[np.ndarray], max_reference_masks: int = 300) -> list[
         naive_decode(rles[i], masks[i].shape)
     dec_ref = (time.perf_counter() - start) * scale
     note = f"masks; reference timed on {len(sub)} and scaled"
+    # Whole images: every object of an image into one label image (what scoring does).
+    per_image = [(label_to_rles(label), label.shape) for label in labels]
+    img_fast = _time(lambda: [rles_to_label(r, shape) for r, shape in per_image])
+    n_ref = max(1, round(len(per_image) * len(sub) / max(len(masks), 1)))
+    start = time.perf_counter()
+    for rles, shape in per_image[:n_ref]:
+        naive_label(rles, shape)
+    img_ref = (time.perf_counter() - start) * len(per_image) / n_ref
     return [
         Timing("rle: encode every mask", enc_fast, enc_ref, len(masks), note),
         Timing("rle: decode every mask", dec_fast, dec_ref, len(masks), note),
+        Timing("rle: decode every image", img_fast, img_ref, len(per_image),
+               f"label images; reference timed on {n_ref} and scaled"),
     ]
+
+
+def naive_label(rles: list[str], shape: tuple[int, int]) -> np.ndarray:
+    """Per-pixel loop: write each object's pixels into one label image."""
+    label = np.zeros(shape, dtype=np.int32)
+    for i, rle in enumerate(rles, start=1):
+        label[naive_decode(rle, shape)] = i
+    return label
 
 
 def benchmark_pairs(labels: list[np.ndarray], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -69,31 +69,36 @@ def parse(rle: str, n_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     tokens = text.split()
     try:
-        values = np.array([int(t) for t in tokens], dtype=np.int64)
-    except ValueError:
-        bad = next(t for t in tokens if not _is_int(t))
+        values = np.array(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        bad = next((t for t in tokens if not _is_int(t)), tokens[0])
         raise RLEError(f"not an integer: {bad!r}") from None
     if len(values) % 2:
         raise RLEError(f"odd number of values ({len(values)}): runs come in 'start length' pairs")
     starts, lengths = values[0::2], values[1::2]
-    _check_positive(starts, "start")
-    _check_positive(lengths, "length")
     ends = starts + lengths  # one past the last pixel of each run, 1-indexed
-    if len(starts) > 1:
-        order = np.flatnonzero(starts[1:] <= starts[:-1])
-        if len(order):
-            i = int(order[0]) + 1
-            raise RLEError(f"runs not sorted: start {starts[i]} (pair {i + 1}) after {starts[i - 1]}")
-        overlap = np.flatnonzero(starts[1:] < ends[:-1])
-        if len(overlap):
-            i = int(overlap[0]) + 1
-            raise RLEError(
-                f"overlapping runs: pair {i + 1} starts at {starts[i]} "
-                f"inside the previous run {starts[i - 1]}..{ends[i - 1] - 1}"
-            )
-    if n_pixels is not None and len(ends) and ends[-1] - 1 > n_pixels:
+    # One check covers the common, valid case; the details are worked out only on failure.
+    # With positive lengths, a start at or before the previous start is also inside it.
+    if values.min() < 1 or (len(starts) > 1 and (starts[1:] < ends[:-1]).any()):
+        _explain_invalid(starts, lengths, ends)
+    if n_pixels is not None and ends[-1] - 1 > n_pixels:
         raise RLEError(f"run {starts[-1]} {lengths[-1]} ends at pixel {ends[-1] - 1}, past the image's {n_pixels} pixels")
     return starts, lengths
+
+
+def _explain_invalid(starts: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> None:
+    """Raise the RLEError that names the first bad pair."""
+    _check_positive(starts, "start")
+    _check_positive(lengths, "length")
+    order = np.flatnonzero(starts[1:] <= starts[:-1])
+    if len(order):
+        i = int(order[0]) + 1
+        raise RLEError(f"runs not sorted: start {starts[i]} (pair {i + 1}) after {starts[i - 1]}")
+    i = int(np.flatnonzero(starts[1:] < ends[:-1])[0]) + 1
+    raise RLEError(
+        f"overlapping runs: pair {i + 1} starts at {starts[i]} "
+        f"inside the previous run {starts[i - 1]}..{ends[i - 1] - 1}"
+    )
 
 
 def _is_int(token: str) -> bool:
@@ -179,14 +184,29 @@ def rles_to_label(rles: list[str], shape: tuple[int, int], *, allow_overlap: boo
     """
     height, width = shape
     n_pixels = height * width
-    flat = np.zeros(n_pixels, dtype=np.int32)
+    parsed = []
     for i, rle in enumerate(rles):
         try:
-            starts, lengths = parse(rle, n_pixels)
+            parsed.append(parse(rle, n_pixels))
         except RLEError as exc:
             raise RLEError(f"object {i + 1}: {exc}") from None
-        if not len(starts):
-            continue
+    flat = np.zeros(n_pixels, dtype=np.int32)
+    if parsed:
+        # All objects at once: every covered pixel and its owner, one scatter.
+        lengths = np.concatenate([n for _, n in parsed])
+        pixels = _run_pixels(np.concatenate([s for s, _ in parsed]), lengths)
+        runs_per_object = [len(s) for s, _ in parsed]
+        owners = np.repeat(np.repeat(np.arange(1, len(parsed) + 1, dtype=np.int32), runs_per_object), lengths)
+        flat[pixels] = owners
+        if np.count_nonzero(flat) != len(pixels):  # some pixel was written twice
+            flat = _label_with_overlap(parsed, n_pixels, allow_overlap)
+    return flat.reshape((height, width), order="F")
+
+
+def _label_with_overlap(parsed: list[tuple[np.ndarray, np.ndarray]], n_pixels: int, allow_overlap: bool) -> np.ndarray:
+    """Object by object: name the first overlap, or let the earlier object keep the pixel."""
+    flat = np.zeros(n_pixels, dtype=np.int32)
+    for i, (starts, lengths) in enumerate(parsed):
         pixels = _run_pixels(starts, lengths)
         taken = flat[pixels] != 0
         if taken.any():
@@ -195,7 +215,7 @@ def rles_to_label(rles: list[str], shape: tuple[int, int], *, allow_overlap: boo
                 raise RLEError(f"object {i + 1} overlaps object {other} on {int(taken.sum())} pixels")
             pixels = pixels[~taken]
         flat[pixels] = i + 1
-    return flat.reshape((height, width), order="F")
+    return flat
 
 
 def _run_pixels(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
