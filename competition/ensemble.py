@@ -176,6 +176,12 @@ class Ensemble:
         entries[entry] = dataclasses.replace(entries[entry], postprocess=dict(params), tuning=dict(tuning))
         return dataclasses.replace(self, entries=entries)
 
+    def without_members(self, entry: str) -> Ensemble:
+        """A copy where ``entry`` has no member of its own (it falls back to ``all``)."""
+        entries = dict(self.entries)
+        entries[entry] = dataclasses.replace(entries[entry], members=())
+        return dataclasses.replace(self, entries=entries)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"recipe": self.recipe}
         if self.comment:
@@ -555,6 +561,8 @@ class TypeTuning:
         result: the :class:`competition.tuning.TuneResult`; None when there was no image.
         params: the parameters written (the defaults when tuning gained nothing), or None.
         note: why nothing was tuned, or why the defaults were kept.
+        choice: own members against the all-type fallback, when both could be compared:
+            ``own_score``, ``all_score`` (tuned, same images) and ``kept`` (``own`` or ``all``).
     """
 
     entry: str
@@ -564,6 +572,7 @@ class TypeTuning:
     result: Any = None
     params: dict | None = None
     note: str = ""
+    choice: dict | None = None
 
 
 def tune_ensemble(
@@ -615,9 +624,12 @@ def tune_ensemble(
         source, _ = ensemble.route(name)
         plans.append((name, source, name))
     oofs: dict[str, OOFSet] = {}
+    fallbacks: dict[str, OOFSet] = {}  # the all-type members on a type that has its own
     for name, source, image_type in plans:
         oofs[name] = collect_oof(ensemble, source, image_type)
-    needed = sorted({i for oof in oofs.values() for i in oof.probs})
+        if name != "all" and source == name and ensemble.entries["all"].members:
+            fallbacks[name] = collect_oof(ensemble, "all", image_type)
+    needed = sorted({i for oof in [*oofs.values(), *fallbacks.values()] for i in oof.probs})
     labels: dict[str, Any] = {}
     if needed:
         split = training_split_dir(ensemble, data_dir)
@@ -628,6 +640,7 @@ def tune_ensemble(
             raise DataError(f"{exc} (the out-of-fold images must come from this split: pass --data DATA_DIR)") from None
         labels = {s.image_id: s.label for s in loaded}
     outcomes: list[TypeTuning] = []
+    base = PostprocessParams()  # start from the defaults: re-tuning does not drift
     for name, source, image_type in plans:
         oof = oofs[name]
         members = tuple(m.key for m in ensemble.members_of(source))
@@ -637,39 +650,74 @@ def tune_ensemble(
             log.warning("%s: %s", name, note)
             outcomes.append(TypeTuning(name, image_type, members, 0, note=note))
             continue
-        samples = []
-        for image_id, probs in oof.probs.items():
-            label = labels[image_id]
-            if label.shape != probs.shape[1:]:
-                raise UserError(f"out-of-fold map of {image_id} is {probs.shape[1:]}, its label {label.shape}: "
-                                "was the member trained on other data? pass --data")
-            samples.append((probs, label))
-        current = ensemble.entries[name].postprocess
-        base = PostprocessParams()  # start from the defaults: re-tuning does not drift
-        log.info("tuning %s on %d image(s) from %s", name, len(samples), ", ".join(k for k, n in oof.members.items() if n))
-        result = tune_postprocess(samples, grid, base, n_rounds=n_rounds, channels=oof.channels)
-        multi = sum(1 for n in oof.n_views.values() if n > 1)
-        record = {
-            "score_before": round(result.score_before, 6),
-            "score_after": round(result.score_after, 6),
-            "n_images": result.n_images,
-            "image_type": image_type or "all types",
-            "members": {k: n for k, n in oof.members.items()},
-            "from_entry": source,
-            "averaging": (
-                f"{multi} image(s) averaged over several members, {len(oof.n_views) - multi} from one member "
-                "(members of different folds hold different out-of-fold images)"
-            ),
-            "n_rounds": n_rounds,
-            "previous": current,
-        }
+        log.info("tuning %s on %d image(s) from %s", name, len(oof.probs), ", ".join(k for k, n in oof.members.items() if n))
+        result = tune_postprocess(_samples(oof, labels), grid, base, n_rounds=n_rounds, channels=oof.channels)
+        record = _tuning_record(result, oof, image_type, source, n_rounds, ensemble.entries[name].postprocess)
+        alternative = fallbacks.get(name)
+        if alternative is not None and set(alternative.probs) == set(oof.probs):
+            # Keep what scores better on the same images: the type's own (fine-tuned) members
+            # or the all-type model it would otherwise fall back to.
+            log.info("tuning %s on the same %d image(s) with the all-type members", name, len(oof.probs))
+            fallback = tune_postprocess(_samples(alternative, labels), grid, base, n_rounds=n_rounds,
+                                        channels=alternative.channels)
+            record["choice"] = {
+                "own_members": [m.key for m in ensemble.members_of(name)],
+                "own_score": round(result.score_after, 6),
+                "all_members": [m.key for m in ensemble.members_of("all")],
+                "all_score": round(fallback.score_after, 6),
+            }
+            if fallback.score_after > result.score_after:
+                record = {**_tuning_record(fallback, alternative, image_type, "all", n_rounds,
+                                           ensemble.entries[name].postprocess), "choice": record["choice"]}
+                record["choice"]["kept"] = "all"
+                record["note"] = (f"the all-type members score {fallback.score_after:.4f} against "
+                                  f"{result.score_after:.4f} for {name}'s own: {name} falls back to 'all' "
+                                  f"(dropped: {', '.join(record['choice']['own_members'])})")
+                ensemble = ensemble.without_members(name)
+                result, members = fallback, tuple(record["choice"]["all_members"])
+            else:
+                record["choice"]["kept"] = "own"
+        elif alternative is not None and alternative.probs:
+            log.warning("%s: the all-type members hold other out-of-fold images than %s's own; "
+                        "not compared", name, name)
         params = result.params
         if result.score_after <= result.score_before:
             params = base  # nothing gained: do not move the parameters on a tie
-            record["note"] = "no gain over the defaults on these images: defaults kept"
+            record["note"] = "; ".join(filter(None, [record.get("note"), "no gain over the defaults on these images: defaults kept"]))
         ensemble = ensemble.with_tuning(name, params.to_dict(), record)
         if write:
             write_ensemble(ensemble)
         outcomes.append(TypeTuning(name, image_type, members, result.n_images, result, params.to_dict(),
-                                   record.get("note", "")))
+                                   record.get("note", ""), record.get("choice")))
     return ensemble, outcomes
+
+
+def _samples(oof: OOFSet, labels: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    """(probs, true label) pairs of an out-of-fold set, checked for matching shapes."""
+    samples = []
+    for image_id, probs in oof.probs.items():
+        label = labels[image_id]
+        if label.shape != probs.shape[1:]:
+            raise UserError(f"out-of-fold map of {image_id} is {probs.shape[1:]}, its label {label.shape}: "
+                            "was the member trained on other data? pass --data")
+        samples.append((probs, label))
+    return samples
+
+
+def _tuning_record(result, oof: OOFSet, image_type: str | None, source: str, n_rounds: int,
+                   previous: dict | None) -> dict[str, Any]:
+    multi = sum(1 for n in oof.n_views.values() if n > 1)
+    return {
+        "score_before": round(result.score_before, 6),
+        "score_after": round(result.score_after, 6),
+        "n_images": result.n_images,
+        "image_type": image_type or "all types",
+        "members": dict(oof.members),
+        "from_entry": source,
+        "averaging": (
+            f"{multi} image(s) averaged over several members, {len(oof.n_views) - multi} from one member "
+            "(members of different folds hold different out-of-fold images)"
+        ),
+        "n_rounds": n_rounds,
+        "previous": previous,
+    }

@@ -325,6 +325,32 @@ def test_tuning_writes_better_params_into_the_ensemble(world, tmp_path):
     assert saved.entries["fluorescence"].postprocess == fluo.params.to_dict()
     assert saved.entries["histology"].tuning["from_entry"] == "all"  # fallback: all's maps of histology images
     assert saved.entries["histology"].tuning["n_images"] == 2
+    # the fine-tuned member's maps equal the all-type model's here: a tie keeps the own member
+    assert by_entry["fluorescence"].choice["kept"] == "own"
+    assert saved.entries["fluorescence"].members[0].key == "fluorescence/f"
+
+
+def test_tuning_falls_back_to_the_all_type_model_when_it_scores_better(world, tmp_path):
+    import shutil
+
+    from competition.ensemble import load_ensemble, read_ensemble, tune_ensemble
+
+    models = tmp_path / "models"
+    shutil.copytree(world["models"], models)
+    folder = models / "standin" / "fluorescence" / "f"
+    worse = {i: (t, soft_probs(np.roll(lab, 6, axis=1), peak=0.45))  # shifted: poor IoU
+             for i, (t, lab) in world["drawn"]["train"].items() if t == "fluorescence"}
+    shutil.rmtree(folder)
+    make_member(models / "standin", "fluorescence/f", data_dir=world["data"], seed=1, oof=worse)
+
+    _, outcomes = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1)
+    choice = {t.entry: t for t in outcomes}["fluorescence"].choice
+    assert choice["kept"] == "all"
+    assert choice["all_score"] > choice["own_score"]
+    saved = read_ensemble(models / "standin" / "ensemble.json")
+    assert saved.entries["fluorescence"].members == ()
+    assert saved.route("fluorescence") == ("all", True)
+    assert saved.entries["fluorescence"].tuning["from_entry"] == "all"
 
 
 # ----------------------------------------------------------------------------- kaggle

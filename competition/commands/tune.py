@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v}" for k, v in t.params.items())
         note = f"; {t.note}" if t.note else ""
         print(f"{t.entry:<13} {r.n_images:4d} images  score {r.score_before:.4f} -> {r.score_after:.4f}  ({params}){note}")
+        if t.choice:
+            print(f"{'':<13} own members {t.choice['own_score']:.4f} vs all-type model {t.choice['all_score']:.4f}: "
+                  f"kept {t.choice['kept']}")
     where = "not written (--dry-run)" if args.dry_run else f"written to {ensemble.path}"
     print(f"tuned parameters {where} in {time.perf_counter() - started:.0f} s")
     return 0
