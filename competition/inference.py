@@ -5,7 +5,8 @@ The layers, bottom up:
 1. :func:`predict_network`: one network on one normalised image (3×H×W float32). The image is
    reflect-padded at the bottom/right to a multiple of 32 (the encoders' output stride), as
    :func:`competition.train.model.predict_logits` does; an image with a side above
-   :attr:`Tiling.max_side` is then cut into overlapping windows (at most 512 px, at least
+   :attr:`Tiling.max_side` (default 1024, the largest training image, so test images are
+   predicted whole as validation predicted them) is then cut into overlapping windows (at most 512 px, at least
    64 px overlap, starts on multiples of 32; :func:`window_size` shrinks them to cover a side
    with the fewest windows), so memory stays bounded whatever the image size.
    Windows and TTA views go through the network in batches; the probabilities of each window
@@ -140,7 +141,7 @@ class Tiling:
 
     tile_size: int = 512
     overlap: int = 64
-    max_side: int = 512
+    max_side: int = 1024
     batch_size: int = 4
 
     def __post_init__(self) -> None:

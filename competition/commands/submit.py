@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred.add_argument("--device", default="auto", help="auto, cpu or cuda")
     pred.add_argument("--tile-size", type=int, default=512, help="window side for large images (multiple of 32)")
     pred.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring windows (multiple of 32)")
-    pred.add_argument("--max-side", type=int, default=512, help="images with a side above this are tiled")
+    pred.add_argument("--max-side", type=int, default=1024, help="images with a side above this are tiled (validation predicted whole images up to 1024)")
     pred.add_argument("--batch-size", type=int, default=4, help="windows x TTA views per forward pass")
     pred.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; 1 is faster when the cores are busy with other work)")
     pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
