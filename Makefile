@@ -16,6 +16,7 @@ MODELS ?= models
 TTA ?= flips
 MEMBER ?=
 DEMO := $(BUILD)/demo
+DEMO_RECIPE ?= demo
 # One GPU or CPU: a plain process; GPUS>1: the same entry point under torchrun (DDP).
 LAUNCH := $(if $(filter-out 0 1,$(GPUS)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m competition,$(PYTHON) -m competition)
 SUB ?=
@@ -88,13 +89,13 @@ report: $(SETUP)  ## HTML report of SUB (with SOLUTION: true contours and scores
 	@test -n "$(SUB)" || { echo "usage: make report SUB=submission.csv [SOLUTION=solution.csv]"; exit 2; }
 	$(PYTHON) -m competition report $(SUB) --data $(DATA_DIR)/$(STAGE)_test $(if $(SOLUTION),--solution $(SOLUTION))
 
-demo: $(SETUP)  ## the whole pipeline on generated data: synth, train tiny, tune, submit, score, leaderboard
+demo: $(SETUP)  ## the whole pipeline on generated data: synth, train, tune, submit, score, leaderboard
 	$(PYTHON) -m competition synth $(DEMO)/data --overwrite
-	$(PYTHON) -m competition train-all --recipe tiny --data $(DEMO)/data --models $(DEMO)/models --folds $(DEMO)/folds.csv --cache-dir ''
-	$(PYTHON) -m competition tune --recipe tiny --models $(DEMO)/models --data $(DEMO)/data
-	$(PYTHON) -m competition submit --recipe tiny --data $(DEMO)/data --models $(DEMO)/models --out-dir $(DEMO)/submissions \
+	$(PYTHON) -m competition train-all --recipe $(DEMO_RECIPE) --data $(DEMO)/data --models $(DEMO)/models --folds $(DEMO)/folds.csv --cache-dir ''
+	$(PYTHON) -m competition tune --recipe $(DEMO_RECIPE) --models $(DEMO)/models --data $(DEMO)/data
+	$(PYTHON) -m competition submit --recipe $(DEMO_RECIPE) --data $(DEMO)/data --models $(DEMO)/models --out-dir $(DEMO)/submissions \
 		--tta flips --solution $(DEMO)/data/stage1_solution.csv
-	$(PYTHON) -m competition report $$(ls -t $(DEMO)/submissions/tiny-*.csv | head -1) --data $(DEMO)/data/stage1_test \
+	$(PYTHON) -m competition report $$(ls -t $(DEMO)/submissions/$(DEMO_RECIPE)-*.csv | head -1) --data $(DEMO)/data/stage1_test \
 		--solution $(DEMO)/data/stage1_solution.csv --out $(DEMO)/report
 	$(PYTHON) -m competition leaderboard --path $(DEMO)/submissions/leaderboard.csv
 
