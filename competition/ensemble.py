@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from competition.csvio import atomic_write
-from competition.errors import DataError, UserError
+from competition.errors import DataError, UserError, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -284,14 +284,6 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
-def _check_keys(table: Any, valid: Iterable[str], where: str) -> None:
-    if not isinstance(table, dict):
-        raise UserError(f"{where}: expected an object, got {type(table).__name__}")
-    unknown = sorted(set(table) - set(valid))
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {unknown}; valid keys: {list(valid)}")
-
-
 def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble") -> Ensemble:
     """Validate a parsed ensemble file (strict) and check its member folders exist.
 
@@ -304,21 +296,21 @@ def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble") -> E
     from competition.postprocess import PostprocessParams
 
     root = Path(root)
-    _check_keys(data, _TOP_KEYS, where)
+    check_keys(data, _TOP_KEYS, where)
     types = data.get("types")
-    _check_keys(types, ENTRY_NAMES, f"{where}: types")
+    check_keys(types, ENTRY_NAMES, f"{where}: types")
     entries: dict[str, TypeEntry] = {}
     for name in ENTRY_NAMES:
         table = types.get(name, {"members": []})
         ewhere = f"{where}: types.{name}"
-        _check_keys(table, _ENTRY_KEYS, ewhere)
+        check_keys(table, _ENTRY_KEYS, ewhere)
         members_raw = table.get("members", [])
         if not isinstance(members_raw, list):
             raise UserError(f"{ewhere}.members: expected a list")
         members: list[MemberRef] = []
         for i, m in enumerate(members_raw):
             mwhere = f"{ewhere}.members[{i}]"
-            _check_keys(m, _MEMBER_KEYS, mwhere)
+            check_keys(m, _MEMBER_KEYS, mwhere)
             key = m.get("member")
             if not isinstance(key, str) or not key:
                 raise UserError(f"{mwhere}.member: expected a folder name like '{name}/r18', got {key!r}")

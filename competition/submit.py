@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from competition import git_commit
 from competition.csvio import atomic_write
 from competition.errors import DataError, UserError
 
@@ -182,17 +183,6 @@ def submission_path(out_dir: str | Path, recipe: str, stage: str, now: datetime 
         n += 1
         path = out_dir / f"{stem}-{n}.csv"
     return path
-
-
-def git_commit() -> str | None:
-    """``git rev-parse HEAD`` of this repository, or None."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def local_cv(ensemble) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import math
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from competition import git_commit
 from competition.csvio import atomic_write
 from competition.errors import UserError
 from competition.train import distributed as ddp
@@ -316,16 +316,6 @@ def write_oof(path: Path, result: EvalResult, samples: Sequence[TrainImage],
     np.savez_compressed(buf, **arrays)
     with atomic_write(path, mode="wb") as fh:
         fh.write(buf.getvalue())
-
-
-def git_commit() -> str | None:
-    """HEAD of the repository this code lives in, if any."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # ----------------------------------------------------------------------------- fit

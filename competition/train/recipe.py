@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from competition.errors import UserError
+from competition.errors import UserError, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +202,6 @@ def _field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _check_keys(table: dict, valid: list[str], where: str) -> None:
-    unknown = sorted(set(table) - set(valid))
-    if unknown:
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
-            + ", ".join(valid)
-        )
-
-
 def _merge(defaults: dict, table: dict) -> dict:
     """``table`` over ``defaults``; nested tables (``loss``) are merged key by key."""
     out = dict(defaults)
@@ -244,7 +235,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 def _build_loss(table: dict, where: str) -> LossConfig:
     if not isinstance(table, dict):
         raise UserError(f"{where}.loss: expected a table, got {table!r}")
-    _check_keys(table, _field_names(LossConfig), f"{where}.loss")
+    check_keys(table, _field_names(LossConfig), f"{where}.loss")
     base = LossConfig()
     kwargs = {k: _coerce(v, getattr(base, k), f"{where}.loss.{k}") for k, v in table.items()}
     return LossConfig(**kwargs)
@@ -252,7 +243,7 @@ def _build_loss(table: dict, where: str) -> LossConfig:
 
 def _build_member(mtype: str, table: dict, where: str) -> Member:
     valid = [n for n in _field_names(Member) if n != "type"]
-    _check_keys(table, valid, where)
+    check_keys(table, valid, where)
     if "name" not in table:
         raise UserError(f"{where}: every member needs a name")
     kwargs: dict[str, Any] = {"type": mtype}
@@ -359,7 +350,7 @@ def parse_recipe(data: dict, *, name: str, path: str = "") -> Recipe:
     """
     where = path or name
     top = ["description", "channels", "defaults", *MEMBER_TYPES]
-    _check_keys(data, top, where)
+    check_keys(data, top, where)
     description = data.get("description", "")
     channels = tuple(data.get("channels", DEFAULT_CHANNELS))
     if not channels or not all(isinstance(c, str) for c in channels):
@@ -367,7 +358,7 @@ def parse_recipe(data: dict, *, name: str, path: str = "") -> Recipe:
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         raise UserError(f"{where}.defaults: expected a table")
-    _check_keys(defaults, [n for n in _field_names(Member) if n not in ("type", "name")]
+    check_keys(defaults, [n for n in _field_names(Member) if n not in ("type", "name")]
                 + ["folds"], f"{where}.defaults")
     if "loss" in defaults:
         _build_loss(defaults["loss"], f"{where}.defaults")
