@@ -27,6 +27,7 @@ always under ``torch.inference_mode``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -410,6 +411,11 @@ class LoadedMember:
     def channels(self) -> tuple[str, ...]:
         return tuple(self.config.get("channels", ()))
 
+    @property
+    def nucleus_diameter(self) -> float:
+        """The diameter the member was trained at (0: native scale)."""
+        return float((self.config.get("member") or {}).get("nucleus_diameter", 0.0) or 0.0)
+
 
 def predict_member(
     member: LoadedMember,
@@ -444,20 +450,30 @@ class Route:
         ensemble: the ensemble entry used (the type itself, or ``"all"`` on fallback).
         members: the member keys used, with their weights.
         fallback: True when the type had no members and the ``all`` members were used.
+        diameter: the median nucleus diameter estimated by the first pass (members trained
+            at a fixed ``nucleus_diameter``), None when no member needed it or the first
+            pass found no nucleus.
+        scales: member key -> the resize factor that member saw (1 = native).
     """
 
     image_type: str
     ensemble: str
     members: tuple[tuple[str, float], ...]
     fallback: bool
+    diameter: float | None = None
+    scales: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "type": self.image_type,
             "ensemble": self.ensemble,
             "members": [{"member": k, "weight": w} for k, w in self.members],
             "fallback": self.fallback,
         }
+        if self.scales:
+            out["nucleus_diameter_estimate"] = None if self.diameter is None else round(self.diameter, 2)
+            out["scales"] = {k: round(v, 4) for k, v in self.scales}
+        return out
 
 
 @dataclass
@@ -467,6 +483,7 @@ class PredictorTimings:
     network: NetworkTimer = field(default_factory=NetworkTimer)
     classify: float = 0.0
     predict: float = 0.0  # the whole ensemble prediction, normalisation and blending included
+    first_pass: float = 0.0  # part of predict: the native-scale pass that estimates nucleus size
     n_images: int = 0
 
 
@@ -557,10 +574,16 @@ class EnsemblePredictor:
             route = self.route(image)
         t0 = time.perf_counter()
         total = sum(w for _, w in route.members)
+        scales = {key: 1.0 for key, _ in route.members}
+        targets = {key: self.members[key].nucleus_diameter for key, _ in route.members}
+        if any(targets.values()):
+            route = self._estimate_scales(image, route, targets)
+            scales.update(dict(route.scales))
         out: np.ndarray | None = None
         for key, weight in route.members:
-            probs = predict_member(
-                self.members[key], image, tta=self.tta, tiling=self.tiling, device=self.device, timer=self.timings.network
+            probs = predict_scaled(
+                self.members[key], image, scales[key], tta=self.tta, tiling=self.tiling, device=self.device,
+                timer=self.timings.network,
             )
             if out is None:
                 out = probs * (weight / total)
@@ -570,6 +593,52 @@ class EnsemblePredictor:
         self.timings.n_images += 1
         assert out is not None
         return out, route
+
+
+    def _estimate_scales(self, image: np.ndarray, route: Route, targets: dict[str, float]) -> Route:
+        """First pass for members trained at a fixed nucleus diameter: the routed members'
+        mean probabilities at the native scale (no TTA), post-processed with the type's
+        parameters; the median diameter of those instances sets each member's resize
+        factor (:func:`competition.scale.scale_factor`)."""
+        from competition.postprocess import watershed_instances
+        from competition.scale import median_diameter, scale_factor
+
+        t0 = time.perf_counter()
+        total = sum(w for _, w in route.members)
+        first: np.ndarray | None = None
+        for key, weight in route.members:
+            p = predict_member(self.members[key], image, tta="none", tiling=self.tiling, device=self.device,
+                               timer=self.timings.network) * (weight / total)
+            first = p if first is None else first + p
+        assert first is not None
+        params = self.ensemble.params_for(route.image_type)[0]
+        diameter = median_diameter(watershed_instances(first, params, self.channels), min_area=params.min_size)
+        self.timings.first_pass += time.perf_counter() - t0
+        scales = tuple((k, scale_factor(diameter, targets[k])) for k, _ in route.members)
+        return dataclasses.replace(route, diameter=diameter, scales=scales)
+
+
+def predict_scaled(
+    member: LoadedMember,
+    image: np.ndarray,
+    scale: float,
+    *,
+    tta: str = "none",
+    tiling: Tiling = Tiling(),
+    device: torch.device | str | None = None,
+    timer: NetworkTimer | None = None,
+) -> np.ndarray:
+    """:func:`predict_member` on the image resized by ``scale``, probabilities resized back to
+    the image's own grid (bilinear).
+
+    Shapes: image (H, W, 3) uint8 -> probs (C, H, W) float32.
+    """
+    if scale == 1.0:
+        return predict_member(member, image, tta=tta, tiling=tiling, device=device, timer=timer)
+    from competition.scale import resize_image, resize_probs
+
+    probs = predict_member(member, resize_image(image, scale), tta=tta, tiling=tiling, device=device, timer=timer)
+    return resize_probs(probs, image.shape[0], image.shape[1])
 
 
 # ----------------------------------------------------------------------------- reading ahead

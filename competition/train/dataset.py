@@ -277,6 +277,14 @@ class CropDataset(torch.utils.data.Dataset):
         self.samples_per_epoch = int(samples_per_epoch)
         self.weights = sample_weights(self.images, member.sampling)
         self.invert = [invert and is_dark_on_light(im.image) for im in self.images]
+        #: per-image resize factor to the member's nucleus diameter (1 when it is 0).
+        self.base_scale = [1.0] * len(self.images)
+        target = float(getattr(member, "nucleus_diameter", 0.0) or 0.0)
+        if target > 0:
+            from competition.scale import median_diameter, scale_factor
+
+            self.base_scale = [scale_factor(median_diameter(im.label), target)
+                               for im in self.images]
         self._pipelines: dict[str | None, object] = {}
 
     def __len__(self) -> int:
@@ -308,10 +316,20 @@ class CropDataset(torch.utils.data.Dataset):
         im = self.images[k]
         h, w = im.label.shape
         c, pad = self.member.crop_size, self.member.pad
+        scaled = getattr(self.member, "nucleus_diameter", 0.0) > 0
+        if scaled:
+            from competition.scale import jitter_scale, scaled_window
+
+            s = self.base_scale[k] * jitter_scale(rng, self.member.scale_jitter)
+            h, w = max(1, round(h * s)), max(1, round(w * s))
         top = int(rng.integers(0, h - c + 1)) if h >= c else -int(rng.integers(0, c - h + 1))
         left = int(rng.integers(0, w - c + 1)) if w >= c else -int(rng.integers(0, c - w + 1))
         size = c + 2 * pad
-        image, label, inside = cut_window(im.image, im.label, top - pad, left - pad, size)
+        if scaled:
+            image, label, inside = scaled_window(im.image, im.label, s, top - pad, left - pad,
+                                                 size)
+        else:
+            image, label, inside = cut_window(im.image, im.label, top - pad, left - pad, size)
         image, (label, inside) = augment(self._pipeline(im.type), image, [label, inside], rng)
         mask = np.zeros((size, size), np.uint8)
         mask[pad:pad + c, pad:pad + c] = 1

@@ -235,8 +235,18 @@ def evaluate(
     channels = tuple(config["channels"])
     member = config.get("member", {})
     losses, pairs, probs_out = [], [], {}
+    target = float(member.get("nucleus_diameter", 0.0) or 0.0)
     for s in _progress(samples, len(samples), desc):
-        logits = predict_logits(model, s.image, config, device)
+        if target > 0:  # validation uses the true nucleus size (see competition.scale)
+            from competition.scale import median_diameter, resize_image, scale_factor
+
+            image = resize_image(s.image, scale_factor(median_diameter(s.label), target))
+        else:
+            image = s.image
+        logits = predict_logits(model, image, config, device)
+        if image.shape[:2] != s.image.shape[:2]:
+            logits = torch.nn.functional.interpolate(logits, size=s.image.shape[:2],
+                                                     mode="bilinear", align_corners=False)
         probs = torch.sigmoid(logits)[0].cpu().numpy()
         if loss_fn is not None:
             targets = make_targets(s.label, channels,

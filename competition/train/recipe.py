@@ -118,6 +118,11 @@ class Member:
         valid_every: validate every N epochs (and always after the last).
         num_workers: DataLoader workers (0 = in the training process).
         grad_clip: clip the gradient norm to this value; 0 disables.
+        nucleus_diameter: 0 = native scale; else every image is resized so its median
+            nucleus is this many pixels across (see :mod:`competition.scale`): in training
+            from the labels, at prediction from a first pass.
+        scale_jitter: with ``nucleus_diameter``: each training crop's scale is also
+            multiplied by a log-uniform factor in [1/scale_jitter, scale_jitter].
     """
 
     type: str
@@ -150,6 +155,8 @@ class Member:
     valid_every: int = 1
     num_workers: int = 0
     grad_clip: float = 0.0
+    nucleus_diameter: float = 0.0
+    scale_jitter: float = 1.0
 
     @property
     def key(self) -> str:
@@ -318,6 +325,10 @@ def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
     for name in nonneg:
         if getattr(m, name) < 0:
             raise UserError(f"{where}.{name}: must be >= 0")
+    if m.nucleus_diameter < 0 or (0 < m.nucleus_diameter < 4):
+        raise UserError(f"{where}.nucleus_diameter: 0 (native scale) or at least 4 pixels")
+    if m.scale_jitter < 1:
+        raise UserError(f"{where}.scale_jitter: must be >= 1 (1 = no jitter)")
     if not m.lr > 0 or m.min_lr < 0 or m.min_lr > m.lr:
         raise UserError(f"{where}: need 0 <= min_lr <= lr and lr > 0")
 
@@ -412,10 +423,11 @@ def parse_recipe(data: dict, *, name: str, path: str = "") -> Recipe:
                     f"recipe (with fold {m.fold}); members: {', '.join(keys)}"
                 )
             parent = by_key[parent_key]
-            if parent.type != "all" or m.type == "all":
+            if parent.type != "all" or (m.type == "all"
+                                        and keys.index(parent.key) >= keys.index(m.key)):
                 raise UserError(
-                    f"{where} {m.key}: init_from must name an 'all/<name>' member from a "
-                    f"per-type member, got {m.init_from!r}"
+                    f"{where} {m.key}: init_from must name an 'all/<name>' member (for an "
+                    f"'all' member: one listed before it), got {m.init_from!r}"
                 )
             if parent.fold != m.fold:
                 raise UserError(

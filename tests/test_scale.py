@@ -1,0 +1,215 @@
+"""Nucleus-size normalisation: diameters, factors, scaled crops, scaled validation and the
+two-pass prediction."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from competition.errors import UserError
+from competition.scale import (
+    MAX_SCALE,
+    MIN_SCALE,
+    jitter_scale,
+    median_diameter,
+    resize_image,
+    resize_probs,
+    scale_factor,
+    scaled_shape,
+    scaled_window,
+)
+
+
+def disks(shape, centres, radius) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    label = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, 1):
+        label[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius] = k
+    return label
+
+
+def test_median_diameter_is_the_equivalent_diameter_of_the_median_area():
+    label = np.zeros((50, 50), np.int32)
+    label[0:10, 0:10] = 1  # 100 px
+    label[20:30, 0:10] = 2  # 100 px
+    label[0:20, 20:40] = 3  # 400 px
+    label[45, 45] = 4  # 1 px speck
+    assert median_diameter(label, min_area=2) == pytest.approx(2 * math.sqrt(100 / math.pi))
+    assert median_diameter(label) == pytest.approx(2 * math.sqrt(100 / math.pi))  # median of 1,100,100,400
+    assert median_diameter(np.zeros((5, 5), np.int32)) is None
+    assert median_diameter(label, min_area=1000) is None
+
+
+def test_scale_factor_clips_and_is_one_when_unknown():
+    assert scale_factor(14.0, 28.0) == pytest.approx(2.0)
+    assert scale_factor(1.0, 28.0) == MAX_SCALE
+    assert scale_factor(1000.0, 28.0) == MIN_SCALE
+    assert scale_factor(None, 28.0) == 1.0
+    assert scale_factor(0.0, 28.0) == 1.0
+    assert scale_factor(14.0, 0.0) == 1.0
+
+
+def test_jitter_is_log_uniform_within_bounds():
+    rng = np.random.default_rng(0)
+    values = np.array([jitter_scale(rng, 1.25) for _ in range(2000)])
+    assert values.min() >= 1 / 1.25 and values.max() <= 1.25
+    assert abs(np.log(values).mean()) < 0.02  # symmetric in log space
+    assert jitter_scale(rng, 1.0) == 1.0
+
+
+def test_scaled_shape_caps_the_longest_side():
+    assert scaled_shape(256, 320, 2.0) == (512, 640)
+    h, w = scaled_shape(2000, 1000, 3.0)
+    assert max(h, w) <= 3072 and h == 2 * w
+
+
+def test_resize_round_trip_keeps_shapes():
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    assert resize_image(image, 1.0) is image
+    big = resize_image(image, 2.0)
+    assert big.shape == (74, 106, 3) and big.dtype == np.uint8
+    probs = np.random.default_rng(1).random((3, 74, 106)).astype(np.float32)
+    back = resize_probs(probs, 37, 53)
+    assert back.shape == (3, 37, 53) and back.dtype == np.float32
+    assert 0 <= back.min() and back.max() <= 1
+
+
+def test_scaled_window_at_scale_one_equals_the_plain_cut():
+    from competition.train.dataset import cut_window
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    label = rng.integers(0, 5, (40, 50)).astype(np.int32)
+    for top, left in ((0, 0), (-7, -9), (20, 30), (-16, 25)):
+        a = cut_window(image, label, top, left, 32)
+        b = scaled_window(image, label, 1.0, top, left, 32)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_scaled_window_resizes_nuclei_and_marks_the_outside():
+    label = disks((64, 64), [(20, 20), (44, 44)], 5)  # ~10 px across
+    image = np.where(label[..., None] > 0, 200, 20).astype(np.uint8).repeat(3, axis=2)
+    img, lab, inside = scaled_window(image, label, 2.5, -10, -10, 192)
+    d = median_diameter(lab)
+    assert d == pytest.approx(2.5 * median_diameter(label), rel=0.08)
+    assert lab.dtype == np.int32 and set(np.unique(lab)) == {0, 1, 2}
+    assert inside[:10, :].sum() == 0 and inside[:, :10].sum() == 0  # outside the image
+    assert inside[10:170, 10:170].all()  # 64 px × 2.5 = 160 px of image
+    assert img[lab > 0].mean() > 150 and img[(lab == 0) & (inside == 1)].mean() < 60
+
+
+def test_crops_show_nuclei_at_the_member_diameter():
+    from competition.train.dataset import CropDataset, TrainImage
+    from competition.train.recipe import Member
+
+    small = disks((96, 96), [(20, 20), (20, 70), (70, 20), (70, 70)], 5)  # ~11 px
+    big = disks((256, 256), [(64, 64), (64, 190), (190, 64), (190, 190)], 20)  # ~41 px
+    images = []
+    for k, label in enumerate((small, big)):
+        image = np.where(label[..., None] > 0, 200, 20).astype(np.uint8).repeat(3, axis=2)
+        images.append(TrainImage(f"i{k}", image, label, "fluorescence", 1))
+    m = Member(type="all", name="m", crop_size=96, pad=16, epochs=1, samples_per_epoch=40,
+               augment="none", nucleus_diameter=24.0, scale_jitter=1.0)
+    ds = CropDataset(images, m, ("body", "boundary", "gap"), False, 40)
+    assert ds.base_scale == pytest.approx([24 / median_diameter(small), 24 / median_diameter(big)])
+    for i in range(40):
+        _, label, mask, _, _ = ds.crop(i)
+        assert label.shape == (128, 128) and mask.shape == (128, 128)
+        areas = np.bincount(label.ravel())[1:]
+        biggest = areas.max()  # at least one whole nucleus at 24 px across in most crops
+        assert 2 * math.sqrt(biggest / math.pi) <= 24 * 1.1
+    whole = [2 * math.sqrt(np.bincount(ds.crop(i)[1].ravel())[1:].max() / math.pi) for i in range(40)]
+    assert np.median(whole) == pytest.approx(24, rel=0.1)
+    x, targets, mask = ds[0]
+    assert x.shape == (3, 128, 128) and targets.shape == (3, 128, 128) and mask.shape == (1, 128, 128)
+
+
+def test_recipe_checks_the_scale_keys_and_allows_all_from_an_earlier_all():
+    from competition.train.recipe import parse_recipe
+
+    base = {"defaults": {"encoder": "mobilenet_v2", "crop_size": 64, "pad": 16},
+            "all": [{"name": "a"}, {"name": "b", "init_from": "all/a", "nucleus_diameter": 28.0,
+                                    "scale_jitter": 1.2}]}
+    recipe = parse_recipe(base, name="t")
+    assert [m.key for m in recipe.members] == ["all/a", "all/b"]
+    assert recipe.member("all/b").nucleus_diameter == 28.0
+    with pytest.raises(UserError, match="listed before"):
+        parse_recipe({**base, "all": [{"name": "b", "init_from": "all/a"}, {"name": "a"}]}, name="t")
+    with pytest.raises(UserError, match="listed before"):
+        parse_recipe({**base, "all": [{"name": "a", "init_from": "all/a"}]}, name="t")
+    with pytest.raises(UserError, match="nucleus_diameter"):
+        parse_recipe({**base, "all": [{"name": "a", "nucleus_diameter": 2.0}]}, name="t")
+    with pytest.raises(UserError, match="scale_jitter"):
+        parse_recipe({**base, "all": [{"name": "a", "scale_jitter": 0.5}]}, name="t")
+
+
+class BrightNet(nn.Module):
+    """Body logit high where the (normalised) input is bright; boundary and gap low.
+    It records the input sizes it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(8.0))
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[2:]))
+        body = self.scale * x[:, :1]
+        low = torch.full_like(body, -10.0)
+        return torch.cat([body, low, low], dim=1)
+
+
+def test_evaluate_uses_the_true_size_and_returns_native_maps():
+    from competition.train.dataset import TrainImage
+    from competition.train.loop import evaluate
+
+    label = disks((64, 80), [(20, 20), (40, 60)], 5)
+    image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
+    net = BrightNet()
+    config = {"channels": ["body", "boundary", "gap"], "invert": False,
+              "member": {"nucleus_diameter": 2 * median_diameter(label)}}
+    result = evaluate(net, [TrainImage("x", image, label, "fluorescence", 0)], config, torch.device("cpu"),
+                      keep_probs=True)
+    assert net.seen == [(128, 160)]  # 2× (64, 80), already multiples of 32
+    assert result.probs["x"].shape == (3, 64, 80)
+    assert result.score > 0.9
+
+
+def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.inference import EnsemblePredictor
+
+    root = tmp_path / "models" / "s"
+    folder = root / "all" / "a"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"channels": ["body", "boundary", "gap"], "invert": False,
+                                                    "member": {"nucleus_diameter": 24.0}}))
+    (folder / "best.pt").write_bytes(b"stand-in")
+    (folder / "done").write_text("done\n")
+    nets: list[BrightNet] = []
+
+    def loader(f, device):
+        nets.append(BrightNet())
+        return nets[-1], json.loads((Path(f) / "config.json").read_text())
+
+    label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px across
+    image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
+    predictor = EnsemblePredictor(load_ensemble(root.parent, "s"), device="cpu", loader=loader)
+    probs, route = predictor.predict(image)
+    assert probs.shape == (3, 96, 96)
+    assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
+    (key, s), = route.scales
+    assert key == "all/a" and s == pytest.approx(24 / route.diameter)
+    assert nets[0].seen[0] == (96, 96)  # first pass at the native size
+    assert nets[0].seen[1][0] > 96  # second pass on the enlarged image
+    record = route.to_dict()
+    assert record["scales"] == {"all/a": round(s, 4)}
+    assert predictor.timings.first_pass > 0
+    assert ((probs[0] > 0.5) == (label > 0)).mean() > 0.97
