@@ -15,6 +15,8 @@ BUILD ?= build
 MODELS ?= models
 TTA ?= flips
 MEMBER ?=
+FOLD ?= 0
+HOLDOUT := $(BUILD)/holdout-f$(FOLD)
 DEMO := $(BUILD)/demo
 DEMO_RECIPE ?= demo
 # One GPU or CPU: a plain process; GPUS>1: the same entry point under torchrun (DDP).
@@ -25,7 +27,7 @@ TYPES ?=
 PYTEST_ARGS ?=
 
 .PHONY: help setup test bench data types folds synth score validate leaderboard \
-	train-all train-one tune submit report demo clean-venv
+	train-all train-one tune submit holdout report demo clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -84,6 +86,11 @@ tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) \
 		$(if $(SOLUTION),--solution $(SOLUTION)) $(if $(KAGGLE_SUBMIT),--kaggle)
+
+holdout: $(SETUP)  ## the whole submit pipeline on training fold FOLD (held out by RECIPE's members), scored like the leaderboard
+	test -d $(HOLDOUT)/stage1_test || $(PYTHON) -m competition holdout --data $(DATA_DIR) --folds $(BUILD)/folds.csv --fold $(FOLD) --out $(HOLDOUT)
+	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(HOLDOUT) --models $(MODELS) --tta $(TTA) \
+		--out-dir $(HOLDOUT)/submissions --solution $(HOLDOUT)/solution.csv --leaderboard $(HOLDOUT)/leaderboard.csv
 
 report: $(SETUP)  ## HTML report of SUB (with SOLUTION: true contours and scores)
 	@test -n "$(SUB)" || { echo "usage: make report SUB=submission.csv [SOLUTION=solution.csv]"; exit 2; }

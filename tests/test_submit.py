@@ -503,3 +503,26 @@ def test_inference_matches_the_training_validation_forward_pass(world):
         ours = predict_member(LoadedMember("all/a", folder, model, config), image)
         theirs = predict_probs(model, image, config)
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_holdout_lays_a_training_fold_out_as_a_test_set_and_it_scores(world, tmp_path):
+    from competition.cli import main
+    from competition.scoring import score_submission
+
+    train = world["drawn"]["train"]
+    ids = sorted(train)
+    folds = tmp_path / "folds.csv"
+    folds.write_text("ImageId,type,fold\n" + "".join(f"{i},{train[i][0]},{k % 2}\n" for k, i in enumerate(ids)))
+    out = tmp_path / "holdout"
+    assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1", "--out", str(out)]) == 0
+    held = ids[1::2]
+    assert sorted(p.name for p in (out / "stage1_test").iterdir()) == held
+    assert all((out / "stage1_test" / i / "images" / f"{i}.png").is_file() for i in held)
+    assert not any((out / "stage1_test" / i / "masks").exists() for i in held)  # images only
+    sample = (out / "stage1_sample_submission.csv").read_text().splitlines()
+    assert sample[0] == "ImageId,EncodedPixels" and [r.split(",")[0] for r in sample[1:]] == held
+    result = submit(world, tmp_path, data_dir=out, solution=out / "solution.csv")
+    scored = score_submission(result.path, out / "solution.csv")
+    assert {im.image_id for im in scored.result.images} == set(held)
+    assert result.score is not None and result.score.result.score == pytest.approx(scored.result.score)
+    assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1", "--out", str(out)]) == 2
