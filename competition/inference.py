@@ -450,7 +450,7 @@ class Route:
         ensemble: the ensemble entry used (the type itself, or ``"all"`` on fallback).
         members: the member keys used, with their weights.
         fallback: True when the type had no members and the ``all`` members were used.
-        diameter: the median nucleus diameter estimated by the first pass (members trained
+        diameter: the median nucleus diameter estimated by the size passes (members trained
             at a fixed ``nucleus_diameter``), None when no member needed it or the first
             pass found no nucleus.
         scales: member key -> the resize factor that member saw (1 = native).
@@ -483,7 +483,7 @@ class PredictorTimings:
     network: NetworkTimer = field(default_factory=NetworkTimer)
     classify: float = 0.0
     predict: float = 0.0  # the whole ensemble prediction, normalisation and blending included
-    first_pass: float = 0.0  # part of predict: the native-scale pass that estimates nucleus size
+    first_pass: float = 0.0  # part of predict: the passes that estimate the nucleus size
     n_images: int = 0
 
 
@@ -501,6 +501,10 @@ class EnsemblePredictor:
         tiling: see :class:`Tiling`.
         loader: ``folder, device -> (model, config)``; default
             :func:`competition.train.members.load_member` (tests pass stand-ins).
+        size_passes: for members trained at a ``nucleus_diameter``: how many passes without
+            TTA estimate the nucleus size before the final pass (1: one native-scale pass;
+            2: a second pass at the first estimate re-measures it, which corrects the first
+            pass where nuclei far from the member's size merge or break up).
     """
 
     def __init__(
@@ -511,8 +515,12 @@ class EnsemblePredictor:
         tta: str = "none",
         tiling: Tiling = Tiling(),
         loader=None,
+        size_passes: int = 2,
     ) -> None:
         tta_transforms(tta)  # validates
+        if size_passes < 1:
+            raise UserError(f"size_passes must be >= 1, got {size_passes}")
+        self.size_passes = int(size_passes)
         self.ensemble = ensemble
         self.device = resolve_device(device)
         self.tta = tta
@@ -596,26 +604,33 @@ class EnsemblePredictor:
 
 
     def _estimate_scales(self, image: np.ndarray, route: Route, targets: dict[str, float]) -> Route:
-        """First pass for members trained at a fixed nucleus diameter: the routed members'
-        mean probabilities at the native scale (no TTA), post-processed with the type's
-        parameters; the median diameter of those instances sets each member's resize
-        factor (:func:`competition.scale.scale_factor`)."""
+        """Size passes for members trained at a fixed nucleus diameter: the routed members'
+        mean probabilities (no TTA), first at the native scale, post-processed with the type's
+        parameters; the median diameter of those instances sets each member's resize factor
+        (:func:`competition.scale.scale_factor`), and each further pass (``size_passes``)
+        predicts at the current factors and measures again."""
         from competition.postprocess import watershed_instances
         from competition.scale import median_diameter, scale_factor
 
         t0 = time.perf_counter()
         total = sum(w for _, w in route.members)
-        first: np.ndarray | None = None
-        for key, weight in route.members:
-            p = predict_member(self.members[key], image, tta="none", tiling=self.tiling, device=self.device,
-                               timer=self.timings.network) * (weight / total)
-            first = p if first is None else first + p
-        assert first is not None
         params = self.ensemble.params_for(route.image_type)[0]
-        diameter = median_diameter(watershed_instances(first, params, self.channels), min_area=params.min_size)
+        scales = {k: 1.0 for k, _ in route.members}
+        diameter = None
+        for _ in range(self.size_passes):
+            mean: np.ndarray | None = None
+            for key, weight in route.members:
+                p = predict_scaled(self.members[key], image, scales[key], tta="none", tiling=self.tiling,
+                                   device=self.device, timer=self.timings.network) * (weight / total)
+                mean = p if mean is None else mean + p
+            assert mean is not None
+            estimate = median_diameter(watershed_instances(mean, params, self.channels), min_area=params.min_size)
+            if estimate is None:  # nothing found at this scale: keep the previous estimate
+                break
+            diameter = estimate
+            scales = {k: scale_factor(diameter, targets[k]) if targets[k] else 1.0 for k, _ in route.members}
         self.timings.first_pass += time.perf_counter() - t0
-        scales = tuple((k, scale_factor(diameter, targets[k])) for k, _ in route.members)
-        return dataclasses.replace(route, diameter=diameter, scales=scales)
+        return dataclasses.replace(route, diameter=diameter, scales=tuple(scales.items()))
 
 
 def predict_scaled(

@@ -83,6 +83,8 @@ class SubmitOptions:
         threads: torch CPU threads (default: torch's, one per core). On a machine whose
             cores are busy with other work, 1 can be several times faster: a team of
             OpenMP threads waits at every layer for its slowest (descheduled) thread.
+        size_passes: passes that estimate the nucleus size for members trained at a
+            ``nucleus_diameter`` (see :class:`competition.inference.EnsemblePredictor`).
     """
 
     recipe: str
@@ -100,6 +102,7 @@ class SubmitOptions:
     message: str | None = None
     postprocess_workers: int | None = None
     threads: int | None = None
+    size_passes: int = 2
 
 
 @dataclass
@@ -469,7 +472,8 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     ensemble = load_ensemble(opts.models_dir, opts.recipe)
     set_threads(opts.threads)
     tiling = opts.tiling or Tiling()
-    predictor = EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader)
+    predictor = EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader,
+                                  size_passes=opts.size_passes)
     workers = opts.postprocess_workers
     if workers is None:
         workers = 1 if predictor.device.type == "cuda" else 0
@@ -512,6 +516,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
                    "batch_size": tiling.batch_size},
         "device": str(predictor.device),
         "threads": torch_threads(),
+        "size_passes": opts.size_passes,
         "git_commit": git_commit(),
         "n_images": len(ids),
         "n_objects": n_objects,

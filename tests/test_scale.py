@@ -213,3 +213,33 @@ def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_p
     assert record["scales"] == {"all/a": round(s, 4)}
     assert predictor.timings.first_pass > 0
     assert ((probs[0] > 0.5) == (label > 0)).mean() > 0.97
+
+
+def test_size_passes_count_the_passes_before_the_final_one(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.errors import UserError
+    from competition.inference import EnsemblePredictor
+
+    root = tmp_path / "models" / "s"
+    folder = root / "all" / "a"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"channels": ["body", "boundary", "gap"], "invert": False,
+                                                    "member": {"nucleus_diameter": 24.0}}))
+    (folder / "best.pt").write_bytes(b"stand-in")
+    (folder / "done").write_text("done\n")
+    label = disks((96, 96), [(24, 24), (70, 70)], 6)
+    image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
+    for passes in (1, 2, 3):
+        nets: list[BrightNet] = []
+
+        def loader(f, device):
+            nets.append(BrightNet())
+            return nets[-1], json.loads((Path(f) / "config.json").read_text())
+
+        predictor = EnsemblePredictor(load_ensemble(root.parent, "s"), device="cpu", loader=loader,
+                                      size_passes=passes)
+        _, route = predictor.predict(image)
+        assert len(nets[0].seen) == passes + 1
+        assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
+    with pytest.raises(UserError, match="size_passes"):
+        EnsemblePredictor(load_ensemble(root.parent, "s"), device="cpu", loader=loader, size_passes=0)

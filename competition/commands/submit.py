@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred.add_argument("--max-side", type=int, default=1024, help="images with a side above this are tiled (validation predicted whole images up to 1024)")
     pred.add_argument("--batch-size", type=int, default=4, help="windows x TTA views per forward pass")
     pred.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; 1 is faster when the cores are busy with other work)")
+    pred.add_argument("--size-passes", type=int, default=2, help="passes without TTA that estimate the nucleus size, for members trained at a nucleus_diameter")
     pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
     after = parser.add_argument_group("after writing")
     after.add_argument("--solution", type=Path, help="score against this solution CSV and append to the leaderboard")
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         kaggle=args.kaggle,
         message=args.message,
         threads=args.threads,
+        size_passes=args.size_passes,
     )
     result = make_submission(options)
     for line in format_summary(result):
