@@ -14,8 +14,9 @@ member with ``nucleus_diameter = D`` is trained and run on images resized by
   instances), then the image is predicted again at ``s`` and the probabilities are resized
   back to the original grid, so post-processing and encoding never see the scaled image.
 
-Measured on fold 0 with the native-scale cpu model (133 images, oracle ``d``): native 0.399,
-D = 24: 0.445, D = 32: 0.448 (``/tmp``-free script in the issue-4 note).
+Measured once on fold 0 (133 images) with the native-scale stage-1 cpu model, true ``d`` and
+its tuned post-processing, before any training at one size: native 0.399, D = 24: 0.445,
+D = 32: 0.448. ``make holdout`` measures the whole two-pass pipeline.
 
 numpy and OpenCV only.
 """
