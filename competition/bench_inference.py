@@ -37,6 +37,8 @@ class InferenceTiming:
         postprocess_s: watershed post-processing.
         encode_s: run-length encoding.
         n_objects: objects found.
+        size_pass_s: part of ``network_s``..``predict_s``: the passes that estimate the
+            nucleus size (members trained at a ``nucleus_diameter``).
     """
 
     tta: str
@@ -47,6 +49,7 @@ class InferenceTiming:
     postprocess_s: float
     encode_s: float
     n_objects: int
+    size_pass_s: float = 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -60,6 +63,7 @@ class InferenceTiming:
             f"({self.images_per_s:5.2f} img/s): network {share(self.network_s):4.1f}%, "
             f"tiling/normalise/blend {share(other):4.1f}%, post-processing {share(self.postprocess_s):4.1f}%, "
             f"encoding {share(self.encode_s):4.1f}%; {self.n_objects} objects"
+            + (f"; size passes {share(self.size_pass_s):4.1f}% of the time" if self.size_pass_s else "")
         )
 
 
@@ -126,7 +130,7 @@ def bench_inference(
             encode += t2 - t1
         total = time.perf_counter() - started
         timing = InferenceTiming(mode, len(images), total, predictor.timings.network.seconds, predictor.timings.predict,
-                                 post, encode, n_objects)
+                                 post, encode, n_objects, predictor.timings.first_pass)
         log.info("%s", timing.line())
         timings.append(timing)
     return timings
