@@ -628,7 +628,7 @@ class EnsemblePredictor:
             if estimate is None:  # nothing found at this scale: keep the previous estimate
                 break
             diameter = estimate
-            scales = {k: scale_factor(diameter, targets[k]) if targets[k] else 1.0 for k, _ in route.members}
+            scales = {k: scale_factor(diameter, targets[k]) for k, _ in route.members}
         self.timings.first_pass += time.perf_counter() - t0
         return dataclasses.replace(route, diameter=diameter, scales=tuple(scales.items()))
 

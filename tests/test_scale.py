@@ -182,26 +182,36 @@ def test_evaluate_uses_the_true_size_and_returns_native_maps():
     assert result.score > 0.9
 
 
-def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_path):
-    from competition.ensemble import load_ensemble
-    from competition.inference import EnsemblePredictor
-
-    root = tmp_path / "models" / "s"
-    folder = root / "all" / "a"
+def scaled_member(tmp_path, diameter: float = 24.0) -> Path:
+    """A finished stand-in member ``all/a`` trained at ``diameter``; returns the models folder."""
+    folder = tmp_path / "models" / "s" / "all" / "a"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"channels": ["body", "boundary", "gap"], "invert": False,
-                                                    "member": {"nucleus_diameter": 24.0}}))
+                                                    "member": {"nucleus_diameter": diameter}}))
     (folder / "best.pt").write_bytes(b"stand-in")
     (folder / "done").write_text("done\n")
-    nets: list[BrightNet] = []
+    return tmp_path / "models"
+
+
+def recording_loader(nets: list):
+    """A loader building a fresh :class:`BrightNet` per member, appended to ``nets``."""
 
     def loader(f, device):
         nets.append(BrightNet())
         return nets[-1], json.loads((Path(f) / "config.json").read_text())
 
+    return loader
+
+
+def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.inference import EnsemblePredictor
+
+    models = scaled_member(tmp_path)
+    nets: list[BrightNet] = []
     label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px across
     image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
-    predictor = EnsemblePredictor(load_ensemble(root.parent, "s"), device="cpu", loader=loader)
+    predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets))
     probs, route = predictor.predict(image)
     assert probs.shape == (3, 96, 96)
     assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
@@ -220,26 +230,15 @@ def test_size_passes_count_the_passes_before_the_final_one(tmp_path):
     from competition.errors import UserError
     from competition.inference import EnsemblePredictor
 
-    root = tmp_path / "models" / "s"
-    folder = root / "all" / "a"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"channels": ["body", "boundary", "gap"], "invert": False,
-                                                    "member": {"nucleus_diameter": 24.0}}))
-    (folder / "best.pt").write_bytes(b"stand-in")
-    (folder / "done").write_text("done\n")
+    models = scaled_member(tmp_path)
     label = disks((96, 96), [(24, 24), (70, 70)], 6)
     image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
     for passes in (1, 2, 3):
         nets: list[BrightNet] = []
-
-        def loader(f, device):
-            nets.append(BrightNet())
-            return nets[-1], json.loads((Path(f) / "config.json").read_text())
-
-        predictor = EnsemblePredictor(load_ensemble(root.parent, "s"), device="cpu", loader=loader,
+        predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
                                       size_passes=passes)
         _, route = predictor.predict(image)
         assert len(nets[0].seen) == passes + 1
         assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
     with pytest.raises(UserError, match="size_passes"):
-        EnsemblePredictor(load_ensemble(root.parent, "s"), device="cpu", loader=loader, size_passes=0)
+        EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), size_passes=0)

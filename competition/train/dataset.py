@@ -279,7 +279,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.invert = [invert and is_dark_on_light(im.image) for im in self.images]
         #: per-image resize factor to the member's nucleus diameter (1 when it is 0).
         self.base_scale = [1.0] * len(self.images)
-        target = float(getattr(member, "nucleus_diameter", 0.0) or 0.0)
+        target = member.nucleus_diameter
         if target > 0:
             from competition.scale import median_diameter, scale_factor
 
@@ -316,7 +316,7 @@ class CropDataset(torch.utils.data.Dataset):
         im = self.images[k]
         h, w = im.label.shape
         c, pad = self.member.crop_size, self.member.pad
-        scaled = getattr(self.member, "nucleus_diameter", 0.0) > 0
+        scaled = self.member.nucleus_diameter > 0
         if scaled:
             from competition.scale import jitter_scale, scaled_window
 
