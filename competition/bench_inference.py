@@ -130,7 +130,7 @@ def bench_inference(
             encode += t2 - t1
         total = time.perf_counter() - started
         timing = InferenceTiming(mode, len(images), total, predictor.timings.network.seconds, predictor.timings.predict,
-                                 post, encode, n_objects, predictor.timings.first_pass)
+                                 post, encode, n_objects, predictor.timings.size_estimate)
         log.info("%s", timing.line())
         timings.append(timing)
     return timings

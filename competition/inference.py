@@ -483,7 +483,7 @@ class PredictorTimings:
     network: NetworkTimer = field(default_factory=NetworkTimer)
     classify: float = 0.0
     predict: float = 0.0  # the whole ensemble prediction, normalisation and blending included
-    first_pass: float = 0.0  # part of predict: the passes that estimate the nucleus size
+    size_estimate: float = 0.0  # part of predict: the passes that estimate the nucleus size
     n_images: int = 0
 
 
@@ -582,11 +582,10 @@ class EnsemblePredictor:
             route = self.route(image)
         t0 = time.perf_counter()
         total = sum(w for _, w in route.members)
-        scales = {key: 1.0 for key, _ in route.members}
         targets = {key: self.members[key].nucleus_diameter for key, _ in route.members}
         if any(targets.values()):
             route = self._estimate_scales(image, route, targets)
-            scales.update(dict(route.scales))
+        scales = dict(route.scales) or {key: 1.0 for key, _ in route.members}
         out: np.ndarray | None = None
         for key, weight in route.members:
             probs = predict_scaled(
@@ -629,7 +628,7 @@ class EnsemblePredictor:
                 break
             diameter = estimate
             scales = {k: scale_factor(diameter, targets[k]) for k, _ in route.members}
-        self.timings.first_pass += time.perf_counter() - t0
+        self.timings.size_estimate += time.perf_counter() - t0
         return dataclasses.replace(route, diameter=diameter, scales=tuple(scales.items()))
 
 

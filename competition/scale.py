@@ -61,6 +61,11 @@ def scale_factor(diameter: float | None, target: float, *, lo: float = MIN_SCALE
     return float(np.clip(target / diameter, lo, hi))
 
 
+def label_scale(label: np.ndarray, target: float) -> float:
+    """The resize factor that brings a labelled image's median nucleus to ``target`` px."""
+    return scale_factor(median_diameter(label), target)
+
+
 def jitter_scale(rng: np.random.Generator, jitter: float) -> float:
     """A log-uniform factor in [1/jitter, jitter] (1 when ``jitter`` <= 1)."""
     if jitter <= 1.0:

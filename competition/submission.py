@@ -83,6 +83,18 @@ def write_submission(
     return path
 
 
+def write_sample_submission(ids: Iterable[str], path: str | Path) -> Path:
+    """A sample submission in Kaggle's form: ``ImageId,EncodedPixels`` with ``1 1`` per id,
+    in the given order; written atomically."""
+    path = Path(path)
+    with atomic_write(path) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(("ImageId", "EncodedPixels"))
+        for image_id in ids:
+            writer.writerow((image_id, "1 1"))
+    return path
+
+
 def read_sample_ids(path: str | Path) -> list[str]:
     """The ImageIds of a sample submission (or any CSV with an ImageId column), file order."""
     path = Path(path)

@@ -528,7 +528,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
             "predict_loop_s": round(t_predicted - started, 3),
             "network_s": round(predictor.timings.network.seconds, 3),
             "ensemble_predict_s": round(predictor.timings.predict, 3),
-            "size_first_pass_s": round(predictor.timings.first_pass, 3),
+            "size_estimate_s": round(predictor.timings.size_estimate, 3),
             "classify_s": round(predictor.timings.classify, 3),
             "read_wait_s": round(pred.read_wait, 3),
             "postprocess_s": round(pred.postprocess, 3),

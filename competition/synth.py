@@ -23,7 +23,6 @@ byte-identical files.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -561,6 +560,7 @@ def generate_dataset(
     """
     from competition.data.types import write_types
     from competition.solution import write_solution
+    from competition.submission import write_sample_submission
 
     if n_train < 0 or n_test < 0:
         raise UserError(f"image counts must be >= 0, got n_train={n_train}, n_test={n_test}")
@@ -597,11 +597,7 @@ def generate_dataset(
         types.update(zip(ids, kinds_by_split[split]))
 
     test_ids, test_labels = results["test"]
-    with atomic_write(out_dir / SAMPLE_SUBMISSION) as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(("ImageId", "EncodedPixels"))
-        for image_id in sorted(test_ids):
-            writer.writerow((image_id, "1 1"))
+    write_sample_submission(sorted(test_ids), out_dir / SAMPLE_SUBMISSION)
     by_kind = {kind: [i for i, k in zip(test_ids, kinds_by_split["test"]) if k == kind] for kind in KINDS}
     write_solution(test_labels, out_dir / SOLUTION, _usages(by_kind))
     write_types(types, out_dir / TYPES_CSV)

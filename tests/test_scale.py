@@ -221,7 +221,7 @@ def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_p
     assert nets[0].seen[1][0] > 96  # second pass on the enlarged image
     record = route.to_dict()
     assert record["scales"] == {"all/a": round(s, 4)}
-    assert predictor.timings.first_pass > 0
+    assert predictor.timings.size_estimate > 0
     assert ((probs[0] > 0.5) == (label > 0)).mean() > 0.97
 
 

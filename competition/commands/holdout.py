@@ -25,10 +25,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from competition.commands.make_solution import read_id_file
-    from competition.csvio import atomic_write
+    import shutil
+
     from competition.data.io import load_split
     from competition.errors import UserError
     from competition.solution import write_solution
+    from competition.submission import write_sample_submission
     from competition.train.dataset import resolve_split_dir
 
     split = resolve_split_dir(args.data)
@@ -43,14 +45,13 @@ def run(args: argparse.Namespace) -> int:
         if s.label is None:
             raise UserError(f"{split / s.image_id}: no masks/ folder; a holdout fold needs labelled images")
     tmp = args.out / ".stage1_test.tmp"
-    tmp.mkdir(parents=True, exist_ok=False)
+    if tmp.exists():  # left by an interrupted run: it only holds links
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     for image_id in ids:
         (tmp / image_id).mkdir()
         (tmp / image_id / "images").symlink_to((split / image_id / "images").resolve(), target_is_directory=True)
-    with atomic_write(args.out / "stage1_sample_submission.csv") as f:
-        f.write("ImageId,EncodedPixels\n")
-        for image_id in ids:
-            f.write(f"{image_id},1 1\n")
+    write_sample_submission(ids, args.out / "stage1_sample_submission.csv")
     write_solution({s.image_id: s.label for s in samples}, args.out / "solution.csv", "Public")
     tmp.rename(test)
     n_objects = sum(int(np.count_nonzero(np.bincount(s.label.ravel())[1:])) for s in samples)

@@ -281,10 +281,9 @@ class CropDataset(torch.utils.data.Dataset):
         self.base_scale = [1.0] * len(self.images)
         target = member.nucleus_diameter
         if target > 0:
-            from competition.scale import median_diameter, scale_factor
+            from competition.scale import label_scale
 
-            self.base_scale = [scale_factor(median_diameter(im.label), target)
-                               for im in self.images]
+            self.base_scale = [label_scale(im.label, target) for im in self.images]
         self._pipelines: dict[str | None, object] = {}
 
     def __len__(self) -> int:

@@ -238,9 +238,9 @@ def evaluate(
     target = float(member.get("nucleus_diameter", 0.0) or 0.0)
     for s in _progress(samples, len(samples), desc):
         if target > 0:  # validation uses the true nucleus size (see competition.scale)
-            from competition.scale import median_diameter, resize_image, scale_factor
+            from competition.scale import label_scale, resize_image
 
-            image = resize_image(s.image, scale_factor(median_diameter(s.label), target))
+            image = resize_image(s.image, label_scale(s.label, target))
         else:
             image = s.image
         logits = predict_logits(model, image, config, device)
