@@ -17,7 +17,11 @@ TTA ?= flips
 SIZE_PASSES ?= 2
 MEMBER ?=
 FOLD ?= 0
+FOLDS_BY ?= conditions
 HOLDOUT := $(BUILD)/holdout-f$(FOLD)
+# Written by `make holdout` (per image: type, out-of-sample score, distance to the training
+# conditions); read by `make submit` for the submission's expected_score.
+CALIBRATION ?= $(MODELS)/$(RECIPE)/calibration-f$(FOLD).json
 DEMO := $(BUILD)/demo
 DEMO_RECIPE ?= demo
 # One GPU or CPU: a plain process; GPUS>1: the same entry point under torchrun (DDP).
@@ -57,8 +61,8 @@ data: $(SETUP)  ## download and unpack the competition into DATA_DIR (needs Kagg
 types: $(SETUP)  ## classify DATA_DIR/stage1_train into image types, with contact sheets
 	$(PYTHON) -m competition types $(DATA_DIR)/stage1_train --out $(BUILD)/types/stage1_train.csv --sheets $(BUILD)/types/sheets
 
-folds: $(SETUP)  ## write the stratified folds file once (build/folds.csv)
-	$(PYTHON) -m competition folds $(DATA_DIR)/stage1_train --out $(BUILD)/folds.csv
+folds: $(SETUP)  ## write the folds file once (build/folds.csv): whole imaging conditions per fold (FOLDS_BY=random: the old random folds)
+	$(PYTHON) -m competition folds $(DATA_DIR)/stage1_train --out $(BUILD)/folds.csv --by $(FOLDS_BY)
 
 synth: $(SETUP)  ## generate the synthetic Kaggle-layout dataset into build/synth
 	$(PYTHON) -m competition synth $(BUILD)/synth --overwrite
@@ -81,17 +85,18 @@ train-one: $(SETUP)  ## train one member: make train-one MEMBER=type/name RECIPE
 	@test -n "$(MEMBER)" || { echo "usage: make train-one MEMBER=TYPE/NAME [RECIPE=$(RECIPE)]"; exit 2; }
 	$(LAUNCH) train-one --recipe $(RECIPE) --member $(MEMBER) --data $(DATA_DIR) --models $(MODELS) --folds $(BUILD)/folds.csv
 
-tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE
-	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR)
+tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE (cross-fitted over conditions)
+	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(BUILD)/folds.csv
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) \
-		$(if $(SOLUTION),--solution $(SOLUTION)) $(if $(KAGGLE_SUBMIT),--kaggle)
+		$(if $(SOLUTION),--solution $(SOLUTION),$(if $(wildcard $(CALIBRATION)),--calibration $(CALIBRATION))) $(if $(KAGGLE_SUBMIT),--kaggle)
 
 holdout: $(SETUP)  ## the whole submit pipeline on training fold FOLD (held out by RECIPE's members), scored like the leaderboard
 	test -d $(HOLDOUT)/stage1_test || $(PYTHON) -m competition holdout --data $(DATA_DIR) --folds $(BUILD)/folds.csv --fold $(FOLD) --out $(HOLDOUT)
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(HOLDOUT) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) \
-		--out-dir $(HOLDOUT)/submissions --solution $(HOLDOUT)/solution.csv --leaderboard $(HOLDOUT)/leaderboard.csv
+		--out-dir $(HOLDOUT)/submissions --solution $(HOLDOUT)/solution.csv --leaderboard $(HOLDOUT)/leaderboard.csv \
+		--crossfit --calibration $(CALIBRATION)
 
 report: $(SETUP)  ## HTML report of SUB (with SOLUTION: true contours and scores)
 	@test -n "$(SUB)" || { echo "usage: make report SUB=submission.csv [SOLUTION=solution.csv]"; exit 2; }

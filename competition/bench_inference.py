@@ -90,17 +90,17 @@ def bench_inference(
         tta: TTA modes to time, one line each.
         device: ``auto``, ``cpu`` or ``cuda``.
         stage: ``stage1`` or ``stage2``.
-        tiling: :class:`competition.inference.Tiling` (default: the default tiling).
+        tiling: :class:`competition.predict.Tiling` (default: the default tiling).
         loader: member loader (tests).
         threads: torch CPU threads (default: torch's); see
-            :func:`competition.inference.set_threads`.
+            :func:`competition.predict.set_threads`.
 
     Returns:
         One :class:`InferenceTiming` per TTA mode.
     """
     from competition.data.io import read_image
     from competition.ensemble import load_ensemble
-    from competition.inference import EnsemblePredictor, Tiling, set_threads
+    from competition.predict import EnsemblePredictor, Tiling, set_threads
     from competition.postprocess import watershed_instances
     from competition.rle import label_to_rles
     from competition.submit import find_test_split, image_path, list_test_ids

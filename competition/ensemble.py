@@ -170,6 +170,22 @@ class Ensemble:
                 return PostprocessParams.from_dict(entry.postprocess), f"tuned {name}"
         return PostprocessParams(), "default"
 
+    def crossfit_params_for(self, image_type: str, image_id: str):
+        """The parameters tuned without ``image_id``'s condition (see
+        :func:`crossfit_postprocess`), from the entry :meth:`params_for` takes; None when
+        that entry's tuning did not cross-fit this image."""
+        from competition.postprocess import PostprocessParams
+
+        for name in (image_type, "all"):
+            entry = self.entries.get(name)
+            if entry is not None and entry.postprocess is not None:
+                crossfit = (entry.tuning or {}).get("crossfit") or {}
+                part = (crossfit.get("parts") or {}).get(image_id)
+                if part is None or not crossfit.get("params"):
+                    return None
+                return PostprocessParams.from_dict(crossfit["params"][int(part)]), f"cross-fitted {name} part {part}"
+        return None
+
     def with_tuning(self, entry: str, params: Mapping[str, Any], tuning: Mapping[str, Any]) -> Ensemble:
         """A copy with ``entry``'s post-processing parameters and tuning record replaced."""
         entries = dict(self.entries)
@@ -555,6 +571,8 @@ class TypeTuning:
         note: why nothing was tuned, or why the defaults were kept.
         choice: own members against the all-type fallback, when both could be compared:
             ``own_score``, ``all_score`` (tuned, same images) and ``kept`` (``own`` or ``all``).
+        crossfit: the out-of-sample record of :func:`crossfit_postprocess`, when conditions
+            were given.
     """
 
     entry: str
@@ -565,6 +583,7 @@ class TypeTuning:
     params: dict | None = None
     note: str = ""
     choice: dict | None = None
+    crossfit: dict | None = None
 
 
 def tune_ensemble(
@@ -575,6 +594,8 @@ def tune_ensemble(
     n_rounds: int = 2,
     entries: Iterable[str] | None = None,
     write: bool = True,
+    conditions: Mapping[str, str] | None = None,
+    n_parts: int = 3,
 ) -> tuple[Ensemble, list[TypeTuning]]:
     """Tune the post-processing of every image type on its members' out-of-fold maps.
 
@@ -594,6 +615,10 @@ def tune_ensemble(
         n_rounds: coordinate-descent rounds.
         entries: only these entries (default: ``all`` and every image type).
         write: write the ensemble file.
+        conditions: ImageId -> imaging condition (a condition-out folds file's column): when
+            given, every entry is also cross-fitted (:func:`crossfit_postprocess`), and its
+            out-of-sample score and per-part parameters go into the tuning record.
+        n_parts: parts of whole conditions for the cross-fitting.
 
     Returns:
         (the updated ensemble, one :class:`TypeTuning` per entry tuned or skipped).
@@ -672,6 +697,11 @@ def tune_ensemble(
         elif alternative is not None and alternative.probs:
             log.warning("%s: the all-type members hold other out-of-fold images than %s's own; "
                         "not compared", name, name)
+        if conditions is not None:
+            chosen = alternative if record.get("choice", {}).get("kept") == "all" else oof
+            record["crossfit"] = crossfit_postprocess(_samples_by_id(chosen, labels), conditions, grid, base,
+                                                      n_rounds=n_rounds, channels=chosen.channels,
+                                                      n_parts=n_parts)
         params = result.params
         if result.score_after <= result.score_before:
             params = base  # nothing gained: do not move the parameters on a tie
@@ -680,8 +710,66 @@ def tune_ensemble(
         if write:
             write_ensemble(ensemble)
         outcomes.append(TypeTuning(name, image_type, members, result.n_images, result, params.to_dict(),
-                                   record.get("note", ""), record.get("choice")))
+                                   record.get("note", ""), record.get("choice"), record.get("crossfit")))
     return ensemble, outcomes
+
+
+def condition_parts(image_ids: Iterable[str], conditions: Mapping[str, str], n_parts: int) -> dict[str, int]:
+    """Deal whole conditions to ``n_parts`` parts, biggest first, each to the smallest part.
+
+    Images missing from ``conditions`` are each their own condition.
+    """
+    members: dict[str, list[str]] = {}
+    for image_id in sorted(image_ids):
+        members.setdefault(conditions.get(image_id, f"?{image_id}"), []).append(image_id)
+    n_parts = max(1, min(n_parts, len(members)))
+    sizes = [0] * n_parts
+    parts: dict[str, int] = {}
+    for cond in sorted(members, key=lambda c: (-len(members[c]), c)):
+        p = min(range(n_parts), key=lambda k: (sizes[k], k))
+        sizes[p] += len(members[cond])
+        parts.update({i: p for i in members[cond]})
+    return dict(sorted(parts.items()))
+
+
+def crossfit_postprocess(samples: Mapping[str, tuple[Any, Any]], conditions: Mapping[str, str], grid,
+                         base, *, n_rounds: int = 2, channels=None, n_parts: int = 3) -> dict[str, Any]:
+    """Out-of-sample score of the post-processing tuning: the images are split into parts of
+    whole conditions (:func:`condition_parts`); each part is scored with parameters tuned on
+    the other parts only, so no image is scored by parameters that saw its condition.
+
+    Args:
+        samples: ImageId -> (probs C×H×W, true label H×W).
+        conditions: ImageId -> condition.
+
+    Returns:
+        ``{"score", "n_parts", "part_scores", "params" (one dict per part), "parts"
+        (ImageId -> part)}``; with fewer than 2 conditions, ``score`` is None.
+    """
+    from competition.metric import score_images
+    from competition.postprocess import watershed_instances
+    from competition.tuning import tune_postprocess
+
+    parts = condition_parts(samples, conditions, n_parts)
+    k = max(parts.values(), default=0) + 1
+    if k < 2:
+        return {"score": None, "n_parts": k, "part_scores": [], "params": [], "parts": parts,
+                "note": "fewer than 2 conditions: nothing to cross-fit"}
+    params_out, part_scores, pairs = [], [], []
+    for p in range(k):
+        train = [samples[i] for i, q in parts.items() if q != p]
+        held = [i for i, q in parts.items() if q == p]
+        tuned = tune_postprocess(train, grid, base, n_rounds=n_rounds, channels=channels).params
+        params_out.append(tuned.to_dict())
+        scored = [(i, samples[i][1], watershed_instances(samples[i][0], tuned, channels)) for i in held]
+        part_scores.append(round(float(score_images(scored).score), 6))
+        pairs.extend(scored)
+    return {"score": round(float(score_images(pairs).score), 6), "n_parts": k, "part_scores": part_scores,
+            "params": params_out, "parts": parts}
+
+
+def _samples_by_id(oof: OOFSet, labels: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return dict(zip(oof.probs, _samples(oof, labels)))
 
 
 def _samples(oof: OOFSet, labels: Mapping[str, Any]) -> list[tuple[Any, Any]]:

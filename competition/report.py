@@ -201,6 +201,11 @@ def build_report(
     if not shapes and any(sub.rles.values()):
         raise UserError("cannot tell the image sizes: pass --solution or --data DATA_DIR/<split>")
 
+    from competition.diagnostics import count_border_strips
+
+    strips = {i: count_border_strips(rles_to_label(sub.rles.get(i, []), shapes[i])) for i in ids if i in shapes}
+    log.info("border strips: %d in %d of %d images", sum(strips.values()), sum(1 for v in strips.values() if v),
+             len(strips))
     types: dict[str, str] = {i: r["type"] for i, r in sidecar.get("routing", {}).items() if "type" in r}
     images: dict[str, np.ndarray] = {}
 
@@ -283,7 +288,7 @@ def build_report(
             + "\n</table>"
         )
 
-    summary = _summary(submission, sidecar, solution, scored, entries, by_type)
+    summary = _summary(submission, sidecar, solution, scored, entries, by_type, strips)
     page = _PAGE.format(
         title=html.escape(f"report: {submission.name}"),
         summary=summary,
@@ -318,8 +323,11 @@ def _row(title: str, e: ImageEntry, cell: str) -> str:
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cols) + "</tr>"
 
 
-def _summary(submission: Path, sidecar: Mapping[str, Any], solution, scored, entries, by_type) -> str:
-    items = [f"<li>submission <code>{html.escape(str(submission))}</code></li>"]
+def _summary(submission: Path, sidecar: Mapping[str, Any], solution, scored, entries, by_type,
+             strips: Mapping[str, int]) -> str:
+    items = [f"<li>submission <code>{html.escape(str(submission))}</code></li>",
+             f"<li>border strips (thin objects along the image edges, competition.diagnostics): "
+             f"<b>{sum(strips.values())}</b> in {sum(1 for v in strips.values() if v)} of {len(strips)} images</li>"]
     if sidecar:
         items.append(f"<li>recipe <b>{html.escape(str(sidecar.get('recipe')))}</b>, stage {html.escape(str(sidecar.get('stage')))}, "
                      f"TTA {html.escape(str(sidecar.get('tta')))}, commit <code>{html.escape(str(sidecar.get('git_commit')))}</code></li>")

@@ -30,7 +30,7 @@ import numpy as np
 
 #: the smallest and largest resize factor: beyond these the first-pass estimate is too
 #: unreliable and the image too large or too small for the network.
-MIN_SCALE = 0.4
+MIN_SCALE = 0.25
 MAX_SCALE = 3.0
 #: largest side of a rescaled image (memory and time stay bounded on huge images).
 MAX_SIDE = 3072

@@ -136,10 +136,21 @@ def validate_submission(
     rles: dict[str, list[str]] = {}
     intervals: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     try:
-        handle = path.open(newline="")
+        data = path.read_bytes()
     except OSError as exc:
         return Submission(path, {}), [Problem("", f"cannot read {path}: {exc.strerror}")]
-    with handle:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return Submission(path, {}), [Problem("", f"{path} is not a text CSV: byte 0x{data[exc.start]:02x} at line "
+                                                  f"{line} is not UTF-8 (a binary or compressed file?)")]
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        return Submission(path, {}), [Problem("", f"{path} is not a text CSV: a NUL byte at line {line} (a binary file?)")]
+    import io
+
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:

@@ -7,7 +7,7 @@
 2. the ensemble file (:mod:`competition.ensemble`) is read and validated and every member is
    loaded, before any prediction;
 3. each image is read (a background thread reads ahead), classified, routed to its type's
-   ensemble (:class:`competition.inference.EnsemblePredictor`), turned into instances with
+   ensemble (:class:`competition.predict.EnsemblePredictor`), turned into instances with
    the post-processing parameters tuned for its type, and run-length encoded;
 4. ``OUT_DIR/<recipe>-<stage>-<UTC time>.csv`` is written (never overwriting a file) and
    checked by :func:`competition.submission.validate_submission` against the ids and sizes;
@@ -72,7 +72,7 @@ class SubmitOptions:
         out_dir: where the CSV and its JSON go.
         tta: ``none``, ``flips`` or ``d4``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        tiling: :class:`competition.inference.Tiling` (None: the default).
+        tiling: :class:`competition.predict.Tiling` (None: the default).
         strict: an unreadable test image is an error instead of an empty row.
         solution: score against this solution file when given.
         leaderboard: history CSV for scored runs (default ``out_dir/leaderboard.csv``).
@@ -84,7 +84,12 @@ class SubmitOptions:
             cores are busy with other work, 1 can be several times faster: a team of
             OpenMP threads waits at every layer for its slowest (descheduled) thread.
         size_passes: passes that estimate the nucleus size for members trained at a
-            ``nucleus_diameter`` (see :class:`competition.inference.EnsemblePredictor`).
+            ``nucleus_diameter`` (see :class:`competition.predict.EnsemblePredictor`).
+        crossfit: post-process each image that the tuning cross-fitted with the parameters
+            tuned without its condition (``make holdout``: every score out of sample).
+        calibration: with ``solution``: write the holdout calibration here (per image type,
+            score and distance to the training conditions); without: read it and record the
+            submission's ``expected_score`` (:mod:`competition.expected`).
     """
 
     recipe: str
@@ -103,6 +108,8 @@ class SubmitOptions:
     postprocess_workers: int | None = None
     threads: int | None = None
     size_passes: int = 2
+    crossfit: bool = False
+    calibration: Path | None = None
 
 
 @dataclass
@@ -343,6 +350,7 @@ class _Predictions:
     rles: dict[str, list[str]] = field(default_factory=dict)
     routing: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)
     read_wait: float = 0.0
     postprocess: float = 0.0
     encode: float = 0.0
@@ -376,30 +384,40 @@ def _read_shapes(split: Path, ids: list[str], strict: bool) -> tuple[dict[str, t
 
 
 def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dict[str, str], *, strict: bool,
-                 workers: int) -> _Predictions:
+                 workers: int, crossfit: bool = False) -> _Predictions:
     """Read (ahead, in a thread), predict, post-process and encode every readable image.
 
     With ``workers`` > 0, post-processing and encoding run in that many threads while the
     network predicts the next image.
     """
+    from competition.data.conditions import image_features
     from competition.data.io import read_image
-    from competition.inference import prefetch
+    from competition.diagnostics import count_border_strips
+    from competition.predict import prefetch
     from competition.postprocess import watershed_instances
     from competition.rle import label_to_rles
 
     out = _Predictions(problems=dict(problems))
     params = {t: ensemble.params_for(t) for t in ("fluorescence", "histology", "brightfield")}
 
-    def finish(image_id: str, probs: np.ndarray, image_type: str) -> tuple[str, list[str], float, float]:
-        t0 = time.perf_counter()
-        label = watershed_instances(probs, params[image_type][0], predictor.channels)
-        t1 = time.perf_counter()
-        return image_id, label_to_rles(label), t1 - t0, time.perf_counter() - t1
+    def params_of(image_id: str, image_type: str):
+        if crossfit:
+            found = ensemble.crossfit_params_for(image_type, image_id)
+            if found is not None:
+                return found
+        return params[image_type]
 
-    def collect(done: tuple[str, list[str], float, float]) -> None:
-        image_id, encoded, t_post, t_enc = done
+    def finish(image_id: str, probs: np.ndarray, image_type: str) -> tuple[str, list[str], float, float, int]:
+        t0 = time.perf_counter()
+        label = watershed_instances(probs, params_of(image_id, image_type)[0], predictor.channels)
+        t1 = time.perf_counter()
+        return image_id, label_to_rles(label), t1 - t0, time.perf_counter() - t1, count_border_strips(label)
+
+    def collect(done: tuple[str, list[str], float, float, int]) -> None:
+        image_id, encoded, t_post, t_enc, strips = done
         out.rles[image_id] = encoded
         out.routing[image_id]["n_objects"] = len(encoded)
+        out.routing[image_id]["border_strips"] = strips
         out.postprocess += t_post
         out.encode += t_enc
 
@@ -420,8 +438,9 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
                 log.error("%s: %s; it gets an empty row", image_id, error)
             else:
                 probs, route = predictor.predict(image)
-                out.routing[image_id] = {**route.to_dict(), "postprocess": params[route.image_type][1],
+                out.routing[image_id] = {**route.to_dict(), "postprocess": params_of(image_id, route.image_type)[1],
                                          "shape": list(image.shape[:2])}
+                out.features[image_id] = image_features(image_id, image, route.image_type)
                 if pool is None:
                     collect(finish(image_id, probs, route.image_type))
                 else:
@@ -448,7 +467,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
 
     Args:
         options: see :class:`SubmitOptions`.
-        loader: member loader passed to :class:`~competition.inference.EnsemblePredictor`
+        loader: member loader passed to :class:`~competition.predict.EnsemblePredictor`
             (tests); default :func:`competition.train.members.load_member`.
 
     Returns:
@@ -460,7 +479,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         DataError: no test folder; an unreadable image when ``strict``.
     """
     from competition.ensemble import load_ensemble
-    from competition.inference import EnsemblePredictor, Tiling, set_threads
+    from competition.predict import EnsemblePredictor, Tiling, set_threads
     from competition.submission import validate_submission, write_submission
 
     started = time.perf_counter()
@@ -478,7 +497,8 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     if workers is None:
         workers = 1 if predictor.device.type == "cuda" else 0
     log.info("predicting %d test images of %s with %s", len(ids), split, opts.recipe)
-    pred = _predict_all(predictor, ensemble, split, ids, problems, strict=opts.strict, workers=workers)
+    pred = _predict_all(predictor, ensemble, split, ids, problems, strict=opts.strict, workers=workers,
+                        crossfit=opts.crossfit)
     t_predicted = time.perf_counter()
 
     path = submission_path(opts.out_dir, opts.recipe, opts.stage)
@@ -520,6 +540,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "git_commit": git_commit(),
         "n_images": len(ids),
         "n_objects": n_objects,
+        "border_strips": sum(r.get("border_strips", 0) for r in pred.routing.values()),
+        "crossfit": opts.crossfit,
+        "expected_score": None,
         "types": types_seen,
         "problems": [{"image_id": i, "problem": p} for i, p in pred.problems.items()],
         "routing": pred.routing,
@@ -539,6 +562,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "score": None,
         "upload": None,
     }
+    distances = _condition_distances(ensemble, pred.features) if opts.calibration is not None else {}
+    if opts.calibration is not None and opts.solution is None:
+        record["expected_score"] = _expected(opts.calibration, calibration_key(record), pred, distances)
     sidecar = path.with_suffix(".json")
     _write_json(sidecar, record, overwrite=False)
     result = SubmitResult(path, sidecar, record, [f"{i}: {p}" for i, p in pred.problems.items()])
@@ -551,6 +577,16 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
             "groups": {k: round(v, 6) for k, v in result.score.groups().items()},
             "interval": [round(v, 6) for v in result.score.result.bootstrap_interval()],
         }
+        record["size_check"] = size_check(pred.routing, opts.solution)
+        if opts.calibration is not None:
+            from competition.expected import write_calibration
+
+            rows = [{"image_id": im.image_id, "type": pred.routing[im.image_id]["type"],
+                     "score": round(float(im.score), 6), "distance": round(distances[im.image_id], 4)}
+                    for im in result.score.result.images if im.image_id in distances]
+            write_calibration(opts.calibration, rows, key=calibration_key(record))
+            record["calibration"] = str(opts.calibration)
+            log.info("wrote the holdout calibration %s (%d images)", opts.calibration, len(rows))
     if upload_requested(opts.kaggle):
         overall = cv["overall"]
         message = opts.message or (
@@ -562,6 +598,96 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     if record["score"] is not None or record["upload"] is not None:
         _write_json(sidecar, record, overwrite=True)
     return result
+
+
+def size_check(routing: Mapping[str, Any], solution: Path) -> dict[str, Any] | None:
+    """The nucleus-size estimates of a scored run against the true median diameters:
+    the share within ±25%, and the worst ratio (estimate / truth, or its inverse)."""
+    from competition.scale import median_diameter
+    from competition.solution import read_solution
+
+    truth = read_solution(solution)
+    ratios = {}
+    for image_id, r in routing.items():
+        estimate = r.get("nucleus_diameter_estimate")
+        if "scales" not in r or image_id not in truth:
+            continue
+        true = median_diameter(truth[image_id].label())
+        if true is None:
+            continue
+        ratios[image_id] = (estimate / true) if estimate else 0.0
+    if not ratios:
+        return None
+    off = {i: max(v, 1 / v) if v > 0 else float("inf") for i, v in ratios.items()}
+    worst = max(off, key=off.get)
+    return {"n_images": len(ratios),
+            "within_25pct": round(sum(1 for v in ratios.values() if 0.75 <= v <= 1.25) / len(ratios), 4),
+            "off_by_2x_or_more": sum(1 for v in off.values() if v >= 2.0),
+            "worst": {"image_id": worst, "ratio": round(ratios[worst], 3)}}
+
+
+def calibration_key(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What must match between a holdout run and a submission for the holdout to speak for
+    it: the members (with weights), the tuning records' source, TTA, size passes."""
+    members = {t: [(m["member"], m["weight"]) for m in e.get("members", [])] for t, e in record["ensemble"].items()}
+    return {"members": members, "tta": record["tta"], "size_passes": record["size_passes"],
+            "recipe": record["recipe"]}
+
+
+def _training_features(ensemble) -> list:
+    """Features of the images the routed members trained on (their split, minus their
+    validation folds)."""
+    from competition.data.conditions import image_features
+    from competition.data.folds import read_folds
+    from competition.data.io import list_samples, read_image
+    from competition.data.types import classify_image
+    from competition.ensemble import training_split_dir
+
+    held: set[str] = set()
+    for key in ensemble.routed_member_keys():
+        config = json.loads((ensemble.member_folder(key) / "config.json").read_text())
+        folds_file = config.get("folds_file")
+        if folds_file and Path(folds_file).is_file():
+            frame = read_folds(folds_file)
+            held |= set(frame.loc[frame["fold"] == int(config.get("fold", 0)), "ImageId"])
+    split = training_split_dir(ensemble)
+    feats = []
+    for sample in list_samples(split):
+        if sample.image_id not in held:
+            image = read_image(sample.image_path)
+            feats.append(image_features(sample.image_id, image, classify_image(image)))
+    return feats
+
+
+def _condition_distances(ensemble, features: Mapping[str, Any]) -> dict[str, float]:
+    from competition.data.conditions import condition_distance
+
+    try:
+        train = _training_features(ensemble)
+    except (UserError, DataError, OSError) as exc:
+        log.warning("no distances to the training conditions (%s)", exc)
+        return {}
+    return condition_distance(list(features.values()), train)
+
+
+def _expected(path: Path, key: Mapping[str, Any], pred: _Predictions, distances: Mapping[str, float]) -> dict:
+    """``expected_score`` of this submission from a holdout calibration file."""
+    from competition.expected import expected_score, read_calibration
+
+    try:
+        calibration = read_calibration(path)
+    except DataError as exc:
+        log.warning("%s", exc)
+        return {"score": None, "note": str(exc)}
+    if calibration.get("key") != json.loads(json.dumps(key)):
+        note = (f"{path} was made with other members, TTA or size passes than this submission: "
+                "rerun `make holdout` with the same settings")
+        log.warning("%s", note)
+        return {"score": None, "note": note}
+    types = {i: r["type"] for i, r in pred.routing.items() if "type" in r and i in distances}
+    out = expected_score(types, distances, calibration)
+    out["calibration"] = str(path)
+    return out
 
 
 def torch_threads() -> int:
@@ -605,8 +731,24 @@ def format_summary(result: SubmitResult) -> list[str]:
         f"time {t['total_s']:.1f} s: network {t['network_s']:.1f} s, post-processing {t['postprocess_s']:.1f} s, "
         f"encoding {t['encode_s']:.1f} s ({t['images_per_s']:.2f} images/s)",
     ]
+    lines.append(f"border strips {r['border_strips']} (thin objects along the image edges; see competition.diagnostics)")
+    check = r.get("size_check")
+    if check:
+        lines.append(f"nucleus-size estimate within ±25% of the truth on {100 * check['within_25pct']:.1f}% of "
+                     f"{check['n_images']} images; {check['off_by_2x_or_more']} off by 2x or more "
+                     f"(worst {check['worst']['image_id'][:12]}: x{check['worst']['ratio']})")
     for problem in result.problems:
         lines.append(f"problem {problem}")
+    expected = r.get("expected_score")
+    if expected:
+        if expected.get("score") is None:
+            lines.append(f"expected score: n/a ({expected.get('note', '')})")
+        else:
+            lo, hi = expected["interval"]
+            lines.append(f"expected score {expected['score']:.4f} [{lo:.4f}, {hi:.4f}] "
+                         f"(holdout {expected['holdout_score']:.4f} on {expected['n_holdout']} images; "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in expected["by_type"].items()) + ")")
+            lines.append(f"  how: {expected['method']}")
     if result.upload is not None:
         lines.append(f"kaggle upload: {result.upload['status']}: {result.upload['detail']}")
     return lines

@@ -143,7 +143,7 @@ def test_folds_command(tmp_path):
     types_csv = write_types(types, tmp_path / "types.csv")
     out = tmp_path / "build" / "folds.csv"
     command = [sys.executable, "-m", "competition", "folds", str(split), "--types", str(types_csv)]
-    command += ["--n-folds", "2", "--out", str(out)]
+    command += ["--n-folds", "2", "--out", str(out), "--by", "random"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     frame = read_folds(out)
@@ -158,3 +158,78 @@ def test_folds_command(tmp_path):
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2
     assert "--overwrite" in again.stderr
+
+
+def _condition_split(root: Path) -> dict[str, tuple[str, tuple[int, int], int]]:
+    """Three imaging conditions: dim 64×64, bright 64×64 and 48×80 fluorescence (4 each)."""
+    drawn = {}
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        kind = ("dim", "bright", "wide")[i // 4]
+        shape = (48, 80) if kind == "wide" else (64, 64)
+        level = 40 if kind == "dim" else 200
+        image = np.clip(rng.normal(level, 3, (*shape, 3)), 0, 255).astype(np.uint8)
+        image[: shape[0] // 2] //= 4  # dark background half
+        image_id = f"{kind}{i}"
+        (root / image_id / "images").mkdir(parents=True)
+        Image.fromarray(image).save(root / image_id / "images" / f"{image_id}.png")
+        drawn[image_id] = (kind, shape, level)
+    return drawn
+
+
+def test_condition_folds_keep_each_condition_whole(tmp_path):
+    split = tmp_path / "stage1_train"
+    drawn = _condition_split(split)
+    out = tmp_path / "folds.csv"
+    command = [sys.executable, "-m", "competition", "folds", str(split), "--n-folds", "3", "--out", str(out),
+               "--max-condition", "4"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    frame = read_folds(out)
+    assert "condition" in frame.columns
+    by_kind = {}
+    for row in frame.itertuples():
+        by_kind.setdefault(drawn[row.ImageId][0], set()).add((row.fold, row.condition))
+    for kind, pairs in by_kind.items():
+        assert len(pairs) == 1, (kind, pairs)  # one condition, in one fold
+    assert len({next(iter(p))[0] for p in by_kind.values()}) >= 2  # not all in one fold
+
+
+def test_group_conditions_splits_big_groups_and_is_deterministic():
+    from competition.data.conditions import ImageFeatures, condition_folds, group_conditions
+
+    rng = np.random.default_rng(1)
+    feats = [ImageFeatures(f"i{k}", "fluorescence", 256, 256, tuple(rng.normal(0.2, 0.01, 7)))
+             for k in range(20)]
+    feats += [ImageFeatures(f"h{k}", "histology", 256, 320, tuple(rng.normal(0.7, 0.01, 7)))
+              for k in range(5)]
+    conditions = group_conditions(feats, max_size=8)
+    sizes = {}
+    for c in conditions.values():
+        sizes[c] = sizes.get(c, 0) + 1
+    assert max(sizes.values()) <= 8
+    assert all(c.startswith("histology-256x320") for i, c in conditions.items() if i.startswith("h"))
+    assert len({conditions[f"h{k}"] for k in range(5)}) == 1
+    assert group_conditions(list(reversed(feats)), max_size=8) == conditions
+    types = {f.image_id: f.type for f in feats}
+    folds = condition_folds(conditions, types, n_folds=3)
+    for c in set(conditions.values()):
+        assert len({folds[i] for i, cc in conditions.items() if cc == c}) == 1
+
+
+def test_a_folds_file_of_another_dataset_is_kept_aside_and_remade(tmp_path):
+    from competition.train.dataset import resolve_types_and_folds
+
+    rng = np.random.default_rng(0)
+    images = {f"new{i}": rng.integers(0, 60, (32, 32, 3), dtype=np.uint8) for i in range(6)}
+    path = tmp_path / "folds.csv"
+    old = "ImageId,type,fold\n" + "".join(f"old{i},fluorescence,{i % 2}\n" for i in range(4))
+    path.write_text(old)
+    types, folds = resolve_types_and_folds(images, tmp_path / "split", folds_path=path)
+    assert sorted(folds) == sorted(images)
+    assert sorted(read_folds(path)["ImageId"]) == sorted(images)
+    kept = [f for f in tmp_path.glob("folds.*.csv")]
+    assert len(kept) == 1 and kept[0].read_text() == old
+    again = resolve_types_and_folds(images, tmp_path / "split", folds_path=path)
+    assert again == (types, folds)  # a matching file is read, not remade
+    assert len(list(tmp_path.glob("folds.*.csv"))) == 1

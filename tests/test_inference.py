@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from competition.errors import UserError
-from competition.inference import (
+from competition.predict import (
     EnsemblePredictor,
     Tiling,
     blend_ramp,
@@ -359,7 +359,7 @@ def test_params_for_prefers_the_type_then_all_then_defaults(recipe_root):
 
 @pytest.mark.parametrize(("length", "expected"), [(512, 512), (544, 320), (704, 384), (1504, 448), (2048, 480)])
 def test_window_size_covers_with_the_fewest_windows(length, expected):
-    from competition.inference import window_size
+    from competition.predict import window_size
 
     tiling = Tiling(tile_size=512, overlap=64, max_side=512)
     size = window_size(length, tiling)
@@ -367,3 +367,25 @@ def test_window_size_covers_with_the_fewest_windows(length, expected):
     starts = tile_starts(length, size, 64)
     assert starts[-1] + size == length
     assert all(b - a <= size - 64 for a, b in zip(starts, starts[1:]))
+
+
+class _EdgeNet(torch.nn.Module):
+    """Body logit +10 within 16 px of its input's edges, -10 inside: a network that invents
+    objects in the unsupervised margin of its training crops."""
+
+    def forward(self, x):
+        out = torch.full((x.shape[0], 3, *x.shape[2:]), -10.0)
+        out[:, 0, :16], out[:, 0, -16:], out[:, 0, :, :16], out[:, 0, :, -16:] = 10.0, 10.0, 10.0, 10.0
+        return out
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (67, 93), (700, 1100)])
+def test_every_image_border_is_padded_by_the_training_margin(shape):
+    """Whole images and tiles alike: no image pixel falls in the network's outer 16 px."""
+    from competition.predict import Tiling, predict_network
+
+    x = np.zeros((3, *shape), np.float32)
+    probs = predict_network(_EdgeNet(), x, tiling=Tiling(tile_size=512, overlap=64, max_side=1024), device="cpu",
+                            margin=16)
+    assert probs.shape == (3, *shape)
+    assert probs[0].max() < 0.01

@@ -177,7 +177,7 @@ def test_evaluate_uses_the_true_size_and_returns_native_maps():
               "member": {"nucleus_diameter": 2 * median_diameter(label)}}
     result = evaluate(net, [TrainImage("x", image, label, "fluorescence", 0)], config, torch.device("cpu"),
                       keep_probs=True)
-    assert net.seen == [(128, 160)]  # 2× (64, 80), already multiples of 32
+    assert net.seen == [(160, 192)]  # 2× (64, 80) plus the 16 px training margin on each side
     assert result.probs["x"].shape == (3, 64, 80)
     assert result.score > 0.9
 
@@ -205,7 +205,7 @@ def recording_loader(nets: list):
 
 def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_path):
     from competition.ensemble import load_ensemble
-    from competition.inference import EnsemblePredictor
+    from competition.predict import EnsemblePredictor
 
     models = scaled_member(tmp_path)
     nets: list[BrightNet] = []
@@ -217,8 +217,9 @@ def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_p
     assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
     (key, s), = route.scales
     assert key == "all/a" and s == pytest.approx(24 / route.diameter)
-    assert nets[0].seen[0] == (96, 96)  # first pass at the native size
-    assert nets[0].seen[1][0] > 96  # second pass on the enlarged image
+    assert nets[0].seen[0] == (128, 128)  # first pass at the native size, plus the 16 px margins
+    assert nets[0].seen[1] == (96, 96)  # the survey at half size (48 + margins); a quarter is too small
+    assert nets[0].seen[2][0] > 128  # second pass on the enlarged image
     record = route.to_dict()
     assert record["scales"] == {"all/a": round(s, 4)}
     assert predictor.timings.size_estimate > 0
@@ -228,7 +229,7 @@ def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_p
 def test_size_passes_count_the_passes_before_the_final_one(tmp_path):
     from competition.ensemble import load_ensemble
     from competition.errors import UserError
-    from competition.inference import EnsemblePredictor
+    from competition.predict import EnsemblePredictor
 
     models = scaled_member(tmp_path)
     label = disks((96, 96), [(24, 24), (70, 70)], 6)
@@ -238,7 +239,7 @@ def test_size_passes_count_the_passes_before_the_final_one(tmp_path):
         predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
                                       size_passes=passes)
         _, route = predictor.predict(image)
-        assert len(nets[0].seen) == passes + 1
+        assert len(nets[0].seen) == passes + 2  # + the half-size survey in the first pass
         assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
     with pytest.raises(UserError, match="size_passes"):
         EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), size_passes=0)

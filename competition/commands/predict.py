@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from competition.csvio import atomic_write
     from competition.data.io import read_image
     from competition.ensemble import load_ensemble
-    from competition.inference import EnsemblePredictor, prefetch
+    from competition.predict import EnsemblePredictor, prefetch
     from competition.postprocess import watershed_instances
 
     items = _images(args.images)

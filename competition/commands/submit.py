@@ -32,10 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     after.add_argument("--leaderboard", type=Path, help="leaderboard CSV (default: OUT_DIR/leaderboard.csv)")
     after.add_argument("--kaggle", action="store_true", help="upload with the kaggle CLI (also: KAGGLE_SUBMIT=1)")
     after.add_argument("--message", help="upload message (default: recipe, stage, TTA, local CV)")
+    after.add_argument("--crossfit", action="store_true",
+                       help="post-process each image with the parameters tuned without its condition (make holdout)")
+    after.add_argument("--calibration", type=Path,
+                       help="with --solution: write the holdout calibration here; without: read it and record expected_score")
 
 
 def run(args: argparse.Namespace) -> int:
-    from competition.inference import Tiling
+    from competition.predict import Tiling
     from competition.submit import SubmitOptions, format_summary, make_submission
 
     tiling = Tiling(tile_size=args.tile_size, overlap=args.tile_overlap, max_side=args.max_side, batch_size=args.batch_size)
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         message=args.message,
         threads=args.threads,
         size_passes=args.size_passes,
+        crossfit=args.crossfit,
+        calibration=args.calibration,
     )
     result = make_submission(options)
     for line in format_summary(result):

@@ -61,7 +61,7 @@ def run_training(args: argparse.Namespace, *, keys=None, only=None, with_parents
     from competition.train import distributed as ddp
     from competition.train.dataset import load_training_images
     from competition.train.members import summarise, train_members
-    from competition.train.model import configure_device
+    from competition.network import configure_device
     from competition.train.recipe import load_recipe
 
     log = logging.getLogger("competition.train")

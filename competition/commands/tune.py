@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--types", nargs="+", metavar="TYPE", help="tune only these entries (all, fluorescence, histology, brightfield)")
     parser.add_argument("--rounds", type=int, default=2, help="coordinate-descent rounds over the grid")
     parser.add_argument("--dry-run", action="store_true", help="print the scores, do not write the ensemble file")
+    parser.add_argument("--folds", type=Path, default=None,
+                        help="condition-out folds CSV: also cross-fit the tuning over whole conditions (out-of-sample score)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,8 +32,18 @@ def run(args: argparse.Namespace) -> int:
     ensemble = load_ensemble(args.models, args.recipe)
     for line in ensemble.describe():
         print(f"ensemble {line}")
+    conditions = None
+    if args.folds is not None and args.folds.is_file():
+        from competition.data.folds import read_folds
+
+        frame = read_folds(args.folds)
+        if "condition" in frame.columns:
+            conditions = dict(zip(frame["ImageId"], frame["condition"]))
+        else:
+            print(f"{args.folds} has no condition column (random folds): not cross-fitted")
     ensemble, outcomes = tune_ensemble(
-        ensemble, data_dir=args.data, n_rounds=args.rounds, entries=args.types, write=not args.dry_run
+        ensemble, data_dir=args.data, n_rounds=args.rounds, entries=args.types, write=not args.dry_run,
+        conditions=conditions,
     )
     for t in outcomes:
         if t.result is None:
@@ -41,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v}" for k, v in t.params.items())
         note = f"; {t.note}" if t.note else ""
         print(f"{t.entry:<13} {r.n_images:4d} images  score {r.score_before:.4f} -> {r.score_after:.4f}  ({params}){note}")
+        crossfit = t.crossfit
+        if crossfit and crossfit.get("score") is not None:
+            print(f"{'':<13} cross-fitted over {crossfit['n_parts']} parts of whole conditions (out of sample): "
+                  f"{crossfit['score']:.4f}  parts {crossfit['part_scores']}")
         if t.choice:
             print(f"{'':<13} own members {t.choice['own_score']:.4f} vs all-type model {t.choice['all_score']:.4f}: "
                   f"kept {t.choice['kept']}")

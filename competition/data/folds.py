@@ -16,9 +16,12 @@ import numpy as np
 from competition.csvio import atomic_write
 from competition.errors import DataError, UserError
 
-__all__ = ["FOLD_COLUMNS", "make_folds", "write_folds", "read_folds"]
+__all__ = ["FOLD_COLUMNS", "CONDITION_COLUMNS", "make_folds", "make_condition_folds", "write_folds",
+           "read_folds"]
 
 FOLD_COLUMNS = ("ImageId", "type", "fold")
+#: Condition-out folds (:mod:`competition.data.conditions`) also name each image's condition.
+CONDITION_COLUMNS = (*FOLD_COLUMNS, "condition")
 
 
 def make_folds(types: Mapping[str, str], n_folds: int = 5, seed: int = 0) -> dict[str, int]:
@@ -58,14 +61,41 @@ def make_folds(types: Mapping[str, str], n_folds: int = 5, seed: int = 0) -> dic
     return dict(sorted(folds.items()))
 
 
+def make_condition_folds(images: Mapping[str, np.ndarray], types: Mapping[str, str],
+                         n_folds: int = 5, max_size: int | None = None
+                         ) -> tuple[dict[str, int], dict[str, str]]:
+    """Condition-out folds (see :mod:`competition.data.conditions`): whole imaging conditions
+    per fold, no condition bigger than half a fold.
+
+    Args:
+        images: ImageId -> H×W×3 uint8 image.
+        types: ImageId -> image type.
+        max_size: the largest condition; default half a fold (``n / (2 * n_folds)``).
+
+    Returns:
+        (ImageId -> fold, ImageId -> condition), sorted by ImageId.
+    """
+    from competition.data.conditions import condition_folds, group_conditions, image_features
+
+    if n_folds < 2:
+        raise UserError(f"n_folds must be at least 2, got {n_folds}")
+    feats = [image_features(i, images[i], types[i]) for i in sorted(images)]
+    if max_size is None:
+        max_size = max(1, round(len(feats) / (2 * n_folds)))
+    conditions = group_conditions(feats, max_size=max_size)
+    return condition_folds(conditions, types, n_folds), conditions
+
+
 def write_folds(
     path: str | Path,
     types: Mapping[str, str],
     folds: Mapping[str, int],
     *,
     overwrite: bool = False,
+    conditions: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``ImageId,type,fold`` rows sorted by ImageId, atomically.
+    """Write ``ImageId,type,fold`` rows (plus ``condition`` when given) sorted by ImageId,
+    atomically.
 
     Folds are written once and read by every later training run, so an existing file is
     refused unless ``overwrite=True``.
@@ -87,9 +117,10 @@ def write_folds(
             raise UserError(f"image {image_id}: negative fold {fold}")
     with atomic_write(path, overwrite=overwrite) as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(FOLD_COLUMNS)
+        writer.writerow(FOLD_COLUMNS if conditions is None else CONDITION_COLUMNS)
         for image_id in sorted(folds):
-            writer.writerow((image_id, types[image_id], int(folds[image_id])))
+            row = (image_id, types[image_id], int(folds[image_id]))
+            writer.writerow(row if conditions is None else (*row, conditions[image_id]))
     return path
 
 
@@ -97,8 +128,8 @@ def read_folds(path: str | Path):
     """Read a folds file written by :func:`write_folds`.
 
     Returns:
-        ``pandas.DataFrame`` with columns ImageId (str), type (str), fold (int64), in file
-        order.
+        ``pandas.DataFrame`` with columns ImageId (str), type (str), fold (int64) and, for
+        condition-out folds, condition (str), in file order.
 
     Raises:
         DataError: unreadable file, wrong columns, an empty or duplicated ImageId, an empty
@@ -114,7 +145,7 @@ def read_folds(path: str | Path):
         raise DataError(f"folds file {path} not found: run `python -m competition folds` (or `make folds`)") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"cannot read folds file {path}: {exc}") from None
-    if tuple(frame.columns) != FOLD_COLUMNS:
+    if tuple(frame.columns) not in (FOLD_COLUMNS, CONDITION_COLUMNS):
         raise DataError(f"{path}: expected columns {','.join(FOLD_COLUMNS)}, got {','.join(map(str, frame.columns))}")
     frame["ImageId"] = frame["ImageId"].str.strip()
     frame["type"] = frame["type"].str.strip()

@@ -70,22 +70,126 @@ def _colour_strong() -> list:
     ]
 
 
+class StainJitter(A.ImageOnlyTransform):
+    """Haematoxylin-eosin colour jitter: each HED channel (``skimage.color.rgb2hed``) scaled
+    by a factor in ``[1 - alpha, 1 + alpha]`` and shifted by up to ``beta``, back to RGB.
+
+    Shapes: image H×W×3 uint8 -> H×W×3 uint8.
+    """
+
+    def __init__(self, alpha: float = 0.3, beta: float = 0.02, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def get_params(self) -> dict:
+        r = self.random_generator
+        return {"scale": r.uniform(1 - self.alpha, 1 + self.alpha, 3),
+                "shift": r.uniform(-self.beta, self.beta, 3)}
+
+    def apply(self, img: np.ndarray, scale=None, shift=None, **params) -> np.ndarray:
+        from skimage.color import hed2rgb, rgb2hed
+
+        hed = rgb2hed(img[..., :3])
+        rgb = hed2rgb(hed * scale + shift)
+        return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("alpha", "beta")
+
+
+class StainRecolour(A.ImageOnlyTransform):
+    """A fluorescence crop painted as stained brightfield: its grey level (bright nuclei)
+    blends a light background colour into a dark nucleus colour, both drawn around
+    haematoxylin-purple on eosin-pink, plus low-frequency eosin texture.
+
+    The result is dark-on-light: the dataset re-decides the inversion after augmentation,
+    so the network sees it as it sees real stained images.
+
+    Shapes: image H×W×3 uint8 -> H×W×3 uint8.
+    """
+
+    def get_params(self) -> dict:
+        r = self.random_generator
+        background = np.array([235, 205, 225]) + r.uniform(-25, 20, 3)
+        nucleus = np.array([90, 60, 140]) + r.uniform(-50, 50, 3)
+        return {"background": background, "nucleus": nucleus,
+                "texture": r.uniform(0.0, 0.25), "texture_seed": int(r.integers(2**31)),
+                "gamma": r.uniform(0.6, 1.4)}
+
+    def apply(self, img: np.ndarray, background=None, nucleus=None, texture=0.0,
+              texture_seed=0, gamma=1.0, **params) -> np.ndarray:
+        grey = img[..., :3].astype(np.float32).mean(axis=2)
+        lo, hi = np.percentile(grey, (1, 99.5))
+        g = np.clip((grey - lo) / max(hi - lo, 1.0), 0, 1) ** gamma
+        if texture > 0:
+            noise = np.random.default_rng(texture_seed).random(
+                (max(1, g.shape[0] // 16), max(1, g.shape[1] // 16))).astype(np.float32)
+            noise = cv2.resize(noise, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_CUBIC)
+            g = np.clip(g + texture * (noise - 0.5) * (1 - g), 0, 1)
+        out = background[None, None] * (1 - g[..., None]) + nucleus[None, None] * g[..., None]
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ()
+
+
+def _invariant() -> list:
+    """Geometry, scale aside (the member's nucleus-size jitter does scale), and what should
+    not matter for finding nuclei: channel order, colour, gamma, contrast, blur, noise."""
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=0.5),
+        A.Affine(rotate=(-20, 20), shear=(-5, 5), interpolation=cv2.INTER_LINEAR,
+                 mask_interpolation=cv2.INTER_NEAREST, border_mode=_REFLECT, p=0.3),
+        A.ChannelShuffle(p=0.3),
+        A.ToGray(p=0.15),
+        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.3, p=0.5),
+        A.RandomGamma(gamma_limit=(60, 160), p=0.4),
+        A.OneOf([
+            A.GaussianBlur(blur_limit=(3, 5), p=1.0),
+            A.GaussNoise(std_range=(0.01, 0.06), p=1.0),
+        ], p=0.3),
+    ]
+
+
+def _colour_invariant() -> list:
+    return [StainJitter(alpha=0.3, beta=0.03, p=0.6),
+            A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=30, val_shift_limit=15,
+                                 p=0.4)]
+
+
+def _recolour_invariant() -> list:
+    return [StainRecolour(p=0.25)]
+
+
 #: strength -> factory of the transform list for every image type.
 PIPELINES: dict[str, Callable[[], list]] = {
     "none": _none,
     "light": _light,
     "strong": _strong,
+    "invariant": _invariant,
 }
 #: strength -> factory of the extra colour transforms for histology images.
 HISTOLOGY_COLOUR: dict[str, Callable[[], list]] = {
     "none": _none,
     "light": _colour_light,
     "strong": _colour_strong,
+    "invariant": _colour_invariant,
+}
+#: strength -> factory of the transforms that only fluorescence images get: stain-like
+#: recolouring (applied before the common list, so it is jittered like a real stain).
+FLUORESCENCE_COLOUR: dict[str, Callable[[], list]] = {
+    "none": _none,
+    "light": _none,
+    "strong": _none,
+    "invariant": _recolour_invariant,
 }
 
 
 def build_pipeline(strength: str, image_type: str | None = None) -> A.Compose:
-    """The Compose for one strength; histology images also get the colour transforms.
+    """The Compose for one strength; histology images also get the colour transforms,
+    fluorescence images the recolouring of :data:`FLUORESCENCE_COLOUR`.
 
     Args:
         strength: a key of :data:`PIPELINES`.
@@ -96,6 +200,8 @@ def build_pipeline(strength: str, image_type: str | None = None) -> A.Compose:
     transforms = PIPELINES[strength]()
     if image_type == "histology":
         transforms += HISTOLOGY_COLOUR[strength]()
+    elif image_type == "fluorescence":
+        transforms = FLUORESCENCE_COLOUR[strength]() + transforms
     return A.Compose(transforms, seed=0)
 
 

@@ -139,12 +139,13 @@ def resolve_types_and_folds(
 
     Types: ``types_path`` (``read_types``) when given, else the folds file's ``type``
     column, else :func:`competition.data.types.classify_image` per image. Folds: read from
-    ``folds_path``; when that file is missing it is made with ``make_folds``/``write_folds``
-    (and logged).
+    ``folds_path``; when that file is missing it is made (condition-out folds,
+    :func:`competition.data.folds.make_condition_folds`) and logged; when it lists other
+    images than the split (made for another dataset), it is moved aside to
+    ``<stem>.<hash of its ids>.csv`` and new folds are made.
 
     Raises:
-        UserError: the folds or types file does not cover every image (e.g. folds made for
-            another dataset).
+        UserError: the types file does not cover every image.
     """
     from competition.data import folds as folds_mod
     from competition.data import types as types_mod
@@ -158,22 +159,26 @@ def resolve_types_and_folds(
             raise UserError(f"types file {types_path} lacks {len(missing)} of the {len(ids)} "
                             f"training images (e.g. {missing[0]})")
     folds_path = Path(folds_path)
+    if folds_path.is_file():
+        df = folds_mod.read_folds(folds_path)
+        listed = set(df["ImageId"])
+        if set(ids) != listed:
+            # made for another dataset (DATA_DIR switched): keep it under a name of its own
+            digest = hashlib.sha1("\n".join(sorted(listed)).encode()).hexdigest()[:10]
+            kept = folds_path.with_name(f"{folds_path.stem}.{digest}{folds_path.suffix}")
+            os.replace(folds_path, kept)
+            log.warning("folds file %s lists %d images, %d of them not in %s (made for another dataset): "
+                        "moved to %s, making new folds", folds_path, len(listed), len(listed - set(ids)),
+                        split, kept)
     if not folds_path.is_file():
         if types is None:
             types = {i: types_mod.classify_image(ids_images[i]) for i in ids}
-        folds = folds_mod.make_folds(types)
-        folds_mod.write_folds(folds_path, types, folds)
-        log.info("folds file %s was missing: made %d folds over %d images and wrote it",
-                 folds_path, len(set(folds.values())), len(folds))
+        folds, conditions = folds_mod.make_condition_folds(ids_images, types)
+        folds_mod.write_folds(folds_path, types, folds, conditions=conditions)
+        log.info("folds file %s was missing: made %d condition-out folds over %d images (%d conditions) and "
+                 "wrote it", folds_path, len(set(folds.values())), len(folds), len(set(conditions.values())))
     df = folds_mod.read_folds(folds_path)
     fold_of = {str(r.ImageId): int(r.fold) for r in df.itertuples()}
-    missing = [i for i in ids if i not in fold_of]
-    if missing:
-        raise UserError(
-            f"folds file {folds_path} does not list {len(missing)} of the {len(ids)} images in "
-            f"{split} (e.g. {missing[0]}): it was made for another dataset. Make it with "
-            f"`python -m competition folds {split} --out FILE` and pass --folds FILE"
-        )
     if types is None:
         types = {str(r.ImageId): str(r.type) for r in df.itertuples()}
     return {i: types[i] for i in ids}, {i: fold_of[i] for i in ids}
@@ -241,14 +246,18 @@ def cut_window(image: np.ndarray, label: np.ndarray, top: int, left: int, size: 
 
 
 def sample_weights(images: Sequence[TrainImage], sampling: str) -> np.ndarray:
-    """Probability of drawing each image: ``uniform`` or ``balanced`` (equal per type)."""
+    """Probability of drawing each image: ``uniform``, ``balanced`` (equal per type) or
+    ``sqrt`` (a type's share proportional to the square root of its image count: the rare
+    types oversampled, without a few images taking a third of the crops)."""
+    counts = Counter(im.type for im in images)
     if sampling == "uniform":
         w = np.ones(len(images))
     elif sampling == "balanced":
-        counts = Counter(im.type for im in images)
         w = np.array([1.0 / counts[im.type] for im in images])
+    elif sampling == "sqrt":
+        w = np.array([1.0 / np.sqrt(counts[im.type]) for im in images])
     else:
-        raise ValueError(f"unknown sampling {sampling!r}; valid: uniform, balanced")
+        raise ValueError(f"unknown sampling {sampling!r}; valid: uniform, balanced, sqrt")
     return w / w.sum()
 
 
@@ -269,13 +278,14 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: Sequence[TrainImage], member, channels: Sequence[str],
                  invert: bool, samples_per_epoch: int) -> None:
-        from competition.train.model import is_dark_on_light
+        from competition.predict.preprocess import is_dark_on_light
 
         self.images = list(images)
         self.member = member
         self.channels = tuple(channels)
         self.samples_per_epoch = int(samples_per_epoch)
         self.weights = sample_weights(self.images, member.sampling)
+        self.inverts = bool(invert)
         self.invert = [invert and is_dark_on_light(im.image) for im in self.images]
         #: per-image resize factor to the member's nucleus diameter (1 when it is 0).
         self.base_scale = [1.0] * len(self.images)
@@ -292,7 +302,7 @@ class CropDataset(torch.utils.data.Dataset):
     def _pipeline(self, image_type: str):
         from competition.train.augment import build_pipeline
 
-        key = image_type if image_type == "histology" else None
+        key = image_type if image_type in ("histology", "fluorescence") else None
         if key not in self._pipelines:
             self._pipelines[key] = build_pipeline(self.member.augment, key)
         return self._pipelines[key]
@@ -329,15 +339,22 @@ class CropDataset(torch.utils.data.Dataset):
                                                  size)
         else:
             image, label, inside = cut_window(im.image, im.label, top - pad, left - pad, size)
+        before = image
         image, (label, inside) = augment(self._pipeline(im.type), image, [label, inside], rng)
+        invert = self.invert[k]
+        if self.inverts and image is not before:
+            from competition.predict.preprocess import is_dark_on_light
+
+            # a transform that turned the polarity (stain recolouring) turns the inversion too
+            invert ^= is_dark_on_light(before) != is_dark_on_light(image)
         mask = np.zeros((size, size), np.uint8)
         mask[pad:pad + c, pad:pad + c] = 1
         mask &= inside
-        return image, label, mask, self.invert[k], im.type
+        return image, label, mask, bool(invert), im.type
 
     def __getitem__(self, index: int):
         from competition.targets import make_targets
-        from competition.train.model import normalise
+        from competition.predict.preprocess import normalise
 
         image, label, mask, invert, _ = self.crop(index)
         targets = make_targets(label, self.channels, boundary_width=self.member.boundary_width,

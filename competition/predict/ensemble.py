@@ -1,0 +1,281 @@
+"""Ensembles: routing each image to its type's members, nucleus-size passes, averaging.
+
+:class:`EnsemblePredictor`: every image is classified by
+:func:`competition.data.types.classify_image` and routed to its type's members (or to the
+``all`` members when its type has none); the members' probabilities are averaged with the
+weights of the ensemble file (:mod:`competition.ensemble`). The routing of each image is
+returned as a :class:`Route` for the submission's JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from competition.errors import UserError
+from competition.predict.forward import NetworkTimer, Tiling, resolve_device, tta_transforms
+from competition.predict.members import LoadedMember, predict_scaled
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SURVEY_FACTORS", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
+
+#: Downscales tried beside the native size in the first nucleus-size pass.
+SURVEY_FACTORS = (0.5, 0.25)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one image went.
+
+    Attributes:
+        image_type: the type :func:`~competition.data.types.classify_image` gave it.
+        ensemble: the ensemble entry used (the type itself, or ``"all"`` on fallback).
+        members: the member keys used, with their weights.
+        fallback: True when the type had no members and the ``all`` members were used.
+        diameter: the median nucleus diameter estimated by the size passes (members trained
+            at a fixed ``nucleus_diameter``), None when no member needed it or the first
+            pass found no nucleus.
+        scales: member key -> the resize factor that member saw (1 = native).
+    """
+
+    image_type: str
+    ensemble: str
+    members: tuple[tuple[str, float], ...]
+    fallback: bool
+    diameter: float | None = None
+    scales: tuple[tuple[str, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "type": self.image_type,
+            "ensemble": self.ensemble,
+            "members": [{"member": k, "weight": w} for k, w in self.members],
+            "fallback": self.fallback,
+        }
+        if self.scales:
+            out["nucleus_diameter_estimate"] = None if self.diameter is None else round(self.diameter, 2)
+            out["scales"] = {k: round(v, 4) for k, v in self.scales}
+        return out
+
+
+@dataclass
+class PredictorTimings:
+    """Seconds spent per stage (summed over images)."""
+
+    network: NetworkTimer = field(default_factory=NetworkTimer)
+    classify: float = 0.0
+    predict: float = 0.0  # the whole ensemble prediction, normalisation and blending included
+    size_estimate: float = 0.0  # part of predict: the passes that estimate the nucleus size
+    n_images: int = 0
+
+
+class EnsemblePredictor:
+    """Routes each image to its type's ensemble and averages the members' probabilities.
+
+    Every member an image type can be routed to is loaded when the predictor is built (the
+    ``all`` members only when some type falls back to them), so a broken member is reported
+    before any prediction starts; the ensemble file's folders were checked when it was read.
+
+    Args:
+        ensemble: the ensemble spec (:class:`competition.ensemble.Ensemble`), validated.
+        device: ``auto``, ``cpu``, ``cuda`` or a torch device.
+        tta: one of :data:`TTA_MODES`.
+        tiling: see :class:`Tiling`.
+        loader: ``folder, device -> (model, config)``; default
+            :func:`competition.train.members.load_member` (tests pass stand-ins).
+        size_passes: for members trained at a ``nucleus_diameter``: how many passes without
+            TTA estimate the nucleus size before the final pass (1: one native-scale pass;
+            2: a second pass at the first estimate re-measures it, which corrects the first
+            pass where nuclei far from the member's size merge or break up).
+    """
+
+    def __init__(
+        self,
+        ensemble,
+        *,
+        device: str | torch.device = "auto",
+        tta: str = "none",
+        tiling: Tiling = Tiling(),
+        loader=None,
+        size_passes: int = 2,
+    ) -> None:
+        tta_transforms(tta)  # validates
+        if size_passes < 1:
+            raise UserError(f"size_passes must be >= 1, got {size_passes}")
+        self.size_passes = int(size_passes)
+        self.ensemble = ensemble
+        self.device = resolve_device(device)
+        self.tta = tta
+        self.tiling = tiling
+        self.timings = PredictorTimings()
+        if loader is None:
+            from competition.train.members import load_member as loader
+        self.members: dict[str, LoadedMember] = {}
+        for key in ensemble.routed_member_keys():
+            folder = ensemble.member_folder(key)
+            try:
+                model, config = loader(folder, self.device)
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint is the user's to fix
+                raise UserError(f"cannot load member {folder}: {type(exc).__name__}: {exc}") from None
+            model.eval()
+            if self.device.type == "cuda":
+                model.to(memory_format=torch.channels_last)
+            self.members[key] = LoadedMember(key, Path(folder), model, config)
+        channels = {m.channels for m in self.members.values()}
+        if len(channels) > 1:
+            raise UserError(
+                "ensemble members predict different channels: "
+                + "; ".join(f"{k}: {list(m.channels)}" for k, m in self.members.items())
+            )
+        self.channels: tuple[str, ...] = channels.pop() if channels else ()
+        log.info(
+            "loaded %d member(s) on %s, TTA %s (%d view(s)), tiles %d px (overlap %d) above %d px",
+            len(self.members),
+            self.device,
+            tta,
+            len(tta_transforms(tta)),
+            tiling.tile_size,
+            tiling.overlap,
+            tiling.max_side,
+        )
+
+    def route(self, image: np.ndarray) -> Route:
+        """Classify ``image`` and pick its ensemble (the ``all`` fallback when its type has no
+        member)."""
+        from competition.data.types import classify_image
+
+        t0 = time.perf_counter()
+        image_type = classify_image(image)
+        self.timings.classify += time.perf_counter() - t0
+        entry, fallback = self.ensemble.route(image_type)
+        return Route(image_type, entry, tuple((m.key, m.weight) for m in self.ensemble.members_of(entry)), fallback)
+
+    def predict(self, image: np.ndarray, route: Route | None = None) -> tuple[np.ndarray, Route]:
+        """Weighted mean of the routed members' probabilities.
+
+        Returns:
+            (probs C×H×W float32, the route taken).
+
+        Shapes: image (H, W, 3) uint8 -> probs (C, H, W) float32.
+        """
+        if route is None:
+            route = self.route(image)
+        t0 = time.perf_counter()
+        total = sum(w for _, w in route.members)
+        targets = {key: self.members[key].nucleus_diameter for key, _ in route.members}
+        if any(targets.values()):
+            route = self._estimate_scales(image, route, targets)
+        scales = dict(route.scales) or {key: 1.0 for key, _ in route.members}
+        out: np.ndarray | None = None
+        for key, weight in route.members:
+            probs = predict_scaled(
+                self.members[key], image, scales[key], tta=self.tta, tiling=self.tiling, device=self.device,
+                timer=self.timings.network,
+            )
+            if out is None:
+                out = probs * (weight / total)
+            else:
+                out += probs * (weight / total)
+        self.timings.predict += time.perf_counter() - t0
+        self.timings.n_images += 1
+        assert out is not None
+        return out, route
+
+
+    def _estimate_scales(self, image: np.ndarray, route: Route, targets: dict[str, float]) -> Route:
+        """Size passes for members trained at a fixed nucleus diameter (no TTA).
+
+        The first pass runs at the native size and at the :data:`SURVEY_FACTORS` below it
+        (a quarter and a sixteenth of the cost): the routed members' mean probabilities,
+        post-processed with the type's parameters, give a median diameter at each factor,
+        and the factor at which the nuclei measured closest to the members' own diameter is
+        trusted (large, dim nuclei break up at the native size, where they are several
+        times what the network was trained on, and come out whole when shrunk). Each
+        further pass (``size_passes``) predicts at the current factors and measures again.
+        """
+        from competition.postprocess import watershed_instances
+        from competition.scale import median_diameter, scale_factor
+
+        t0 = time.perf_counter()
+        total = sum(w for _, w in route.members)
+        params = self.ensemble.params_for(route.image_type)[0]
+        target = float(np.exp(np.mean([np.log(t) for t in targets.values() if t > 0])))
+
+        def measure(factors: dict[str, float]) -> float | None:
+            mean: np.ndarray | None = None
+            for key, weight in route.members:
+                p = predict_scaled(self.members[key], image, factors[key], tta="none", tiling=self.tiling,
+                                   device=self.device, timer=self.timings.network) * (weight / total)
+                mean = p if mean is None else mean + p
+            assert mean is not None
+            return median_diameter(watershed_instances(mean, params, self.channels), min_area=params.min_size)
+
+        diameter, best = None, math.inf
+        for factor in (1.0, *SURVEY_FACTORS):
+            if min(image.shape[:2]) * factor < 32:
+                break
+            estimate = measure({k: factor for k, _ in route.members})
+            if estimate is None:
+                continue
+            misfit = abs(math.log(estimate * factor / target))
+            if misfit < best:
+                diameter, best = estimate, misfit
+        scales = {k: scale_factor(diameter, targets[k]) for k, _ in route.members}
+        for _ in range(self.size_passes - 1):
+            if diameter is None:
+                break
+            estimate = measure(scales)
+            if estimate is None:  # nothing found at this scale: keep the previous estimate
+                break
+            diameter = estimate
+            scales = {k: scale_factor(diameter, targets[k]) for k, _ in route.members}
+        self.timings.size_estimate += time.perf_counter() - t0
+        return dataclasses.replace(route, diameter=diameter, scales=tuple(scales.items()))
+
+
+
+# ----------------------------------------------------------------------------- reading ahead
+
+
+def prefetch(items: Sequence, read, *, depth: int = 2) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """Yield ``(item, read(item), None)`` in order, reading up to ``depth`` items ahead in a
+    background thread so the network does not wait for the disk; a failed read yields
+    ``(item, None, exception)``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def safe(item):
+        try:
+            return read(item), None
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            return None, exc
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as pool:
+        pending = []
+        iterator = iter(items)
+        for item in iterator:
+            pending.append((item, pool.submit(safe, item)))
+            if len(pending) > depth:
+                break
+        while pending:
+            item, future = pending.pop(0)
+            nxt = next(iterator, _END)
+            if nxt is not _END:
+                pending.append((nxt, pool.submit(safe, nxt)))
+            value, error = future.result()
+            yield item, value, error
+
+
+_END = object()

@@ -1,0 +1,87 @@
+"""The expected score from a holdout calibration, and the cross-fitted tuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from competition.errors import DataError
+from competition.expected import expected_score, read_calibration, write_calibration
+
+
+def calibration(n=40, seed=0):
+    """Holdout images whose score falls with their distance to the training conditions."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0, 4, n)
+    return [{"image_id": f"h{i}", "type": "fluorescence" if i % 4 else "histology",
+             "score": float(np.clip(0.7 - 0.15 * d[i] + rng.normal(0, 0.02), 0, 1)), "distance": float(d[i])}
+            for i in range(n)]
+
+
+def test_test_images_far_from_training_expect_less(tmp_path):
+    path = write_calibration(tmp_path / "cal.json", calibration(), key={"tta": "flips"})
+    cal = read_calibration(path)
+    near = expected_score({"a": "fluorescence", "b": "fluorescence"}, {"a": 0.2, "b": 0.3}, cal)
+    far = expected_score({"a": "fluorescence", "b": "fluorescence"}, {"a": 3.5, "b": 3.8}, cal)
+    assert near["score"] > far["score"] + 0.3
+    assert near["interval"][0] <= near["score"] <= near["interval"][1]
+    assert 0.55 < near["score"] < 0.72 and 0.05 < far["score"] < 0.25
+    assert "kernel regression" in near["method"]
+
+
+def test_beyond_the_farthest_holdout_image_nothing_is_extrapolated(tmp_path):
+    cal = read_calibration(write_calibration(tmp_path / "c.json", calibration(), key={}))
+    at_edge = expected_score({"a": "fluorescence"}, {"a": 4.0}, cal)["score"]
+    beyond = expected_score({"a": "fluorescence"}, {"a": 40.0}, cal)["score"]
+    assert beyond == pytest.approx(at_edge, abs=1e-3)
+
+
+def test_a_type_with_few_holdout_images_borrows_from_all(tmp_path):
+    rows = calibration()
+    rows = [r for r in rows if r["type"] == "fluorescence"] + [{**rows[0], "type": "brightfield"}]
+    cal = read_calibration(write_calibration(tmp_path / "c.json", rows, key={}))
+    out = expected_score({"x": "brightfield"}, {"x": 1.0}, cal)
+    assert out["by_type"]["brightfield"] == pytest.approx(0.55, abs=0.05)
+
+
+@pytest.mark.parametrize("text", ["", "{}", '{"rows": [{"score": "x"}]}'])
+def test_a_bad_calibration_file_names_itself(tmp_path, text):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match="bad.json"):
+        read_calibration(path)
+
+
+def test_crossfit_scores_each_part_with_parameters_tuned_without_it(monkeypatch):
+    from competition import tuning
+    from competition.ensemble import condition_parts, crossfit_postprocess
+    from competition.postprocess import PostprocessParams
+
+    rng = np.random.default_rng(0)
+    samples, conditions = {}, {}
+    for i in range(9):
+        label = np.zeros((32, 32), np.int32)
+        label[8:20, 8:20] = 1
+        probs = np.zeros((3, 32, 32), np.float32)
+        probs[0] = (label > 0) * rng.uniform(0.6, 0.9)
+        samples[f"i{i}"] = (probs, label)
+        conditions[f"i{i}"] = f"c{i % 3}"
+    parts = condition_parts(samples, conditions, 3)
+    assert len(set(parts.values())) == 3
+    for c in ("c0", "c1", "c2"):
+        assert len({parts[i] for i in samples if conditions[i] == c}) == 1  # conditions stay whole
+    seen = []
+    real = tuning.tune_postprocess
+
+    def spy(train, *a, **k):
+        seen.append({id(p) for p, _ in train})
+        return real(train, *a, **k)
+
+    monkeypatch.setattr(tuning, "tune_postprocess", spy)
+    out = crossfit_postprocess(samples, conditions, {"body_threshold": (0.5, 0.7)}, PostprocessParams(),
+                               channels=("body", "boundary", "gap"))
+    assert out["n_parts"] == 3 and len(out["params"]) == 3
+    for p, used in enumerate(seen):
+        held = {id(samples[i][0]) for i, q in out["parts"].items() if q == p}
+        assert not used & held
+    assert 0.0 <= out["score"] <= 1.0
