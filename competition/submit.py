@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,13 +34,14 @@ from typing import Any
 import numpy as np
 
 from competition import git_commit
+from competition.calibration import calibration_key, condition_distances, expected_for, size_check
 from competition.csvio import atomic_write
 from competition.errors import DataError, UserError
+from competition.upload import kaggle_upload, upload_requested
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "COMPETITION",
     "SubmitOptions",
     "SubmitResult",
     "make_submission",
@@ -52,12 +50,9 @@ __all__ = [
     "submission_path",
     "git_commit",
     "local_cv",
-    "kaggle_upload",
 ]
 
-COMPETITION = "data-science-bowl-2018"
 STAGES = ("stage1", "stage2")
-KAGGLE_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -240,80 +235,6 @@ def local_cv(ensemble) -> dict[str, Any]:
         "per_type": per_type,
         "members": members,
     }
-
-
-# ----------------------------------------------------------------------------- kaggle
-
-
-def _kaggle_reachable(host: str = "www.kaggle.com", timeout: float = 10.0) -> bool:
-    """A quick connection test (skipped, True, behind a proxy), so no network fails in seconds."""
-    if any(os.environ.get(n) for n in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def kaggle_upload(
-    path: Path, message: str, *, timeout: float = KAGGLE_TIMEOUT_S, check_network: bool = True
-) -> dict[str, str]:
-    """Upload a submission with ``kaggle competitions submit`` (a subprocess with a timeout).
-
-    Credentials are looked for first (:func:`competition.data.download.find_credentials`:
-    ``KAGGLE_API_TOKEN``, ``~/.kaggle/access_token``, ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``,
-    ``~/.kaggle/kaggle.json``), then the network is tested (10 s), then the CLI runs.
-
-    Never raises: returns ``{"status": "uploaded" | "no-credentials" | "no-kaggle-cli" |
-    "no-network" | "failed" | "timeout", "detail": ...}`` and logs what to do; the CSV stays
-    either way.
-    """
-    from competition.data.download import find_credentials, find_kaggle
-
-    where = find_credentials()
-    if where is None:
-        detail = (
-            "no Kaggle credentials: set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY), or put "
-            "access_token / kaggle.json in ~/.kaggle; then upload with "
-            f"`kaggle competitions submit {COMPETITION} -f {path} -m \"...\"`"
-        )
-        log.error("not uploaded: %s", detail)
-        return {"status": "no-credentials", "detail": detail}
-    exe = find_kaggle()
-    if exe is None:
-        detail = "the kaggle command is not installed (pip install kaggle)"
-        log.error("not uploaded: %s", detail)
-        return {"status": "no-kaggle-cli", "detail": detail}
-    if check_network and not _kaggle_reachable():
-        detail = f"www.kaggle.com cannot be reached (no network?); the CSV is kept at {path}"
-        log.error("not uploaded: %s", detail)
-        return {"status": "no-network", "detail": detail}
-    command = [exe, "competitions", "submit", COMPETITION, "-f", str(path), "-m", message]
-    log.info("uploading %s (credentials from %s)", path, where)
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        detail = f"kaggle did not answer within {timeout:.0f} s (no network?); the CSV is kept at {path}"
-        log.error("not uploaded: %s", detail)
-        return {"status": "timeout", "detail": detail}
-    except OSError as exc:
-        log.error("not uploaded: cannot run kaggle: %s", exc)
-        return {"status": "failed", "detail": f"cannot run kaggle: {exc}"}
-    tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-5:])
-    if out.returncode != 0:
-        hint = " (403: accept the competition rules on the website)" if "403" in tail else ""
-        log.error("not uploaded: kaggle exited with status %d%s: %s", out.returncode, hint, tail)
-        return {"status": "failed", "detail": f"exit status {out.returncode}{hint}: {tail}"}
-    log.info("uploaded: %s", tail)
-    return {"status": "uploaded", "detail": tail}
-
-
-def upload_requested(flag: bool, environ: Mapping[str, str] | None = None) -> bool:
-    """``--kaggle`` or ``KAGGLE_SUBMIT=1`` (also ``true``/``yes``)."""
-    env = os.environ if environ is None else environ
-    return flag or env.get("KAGGLE_SUBMIT", "").strip().lower() in ("1", "true", "yes")
-
 
 # ----------------------------------------------------------------------------- the run
 
@@ -562,9 +483,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "score": None,
         "upload": None,
     }
-    distances = _condition_distances(ensemble, pred.features) if opts.calibration is not None else {}
+    distances = condition_distances(ensemble, pred.features) if opts.calibration is not None else {}
     if opts.calibration is not None and opts.solution is None:
-        record["expected_score"] = _expected(opts.calibration, calibration_key(record), pred, distances)
+        record["expected_score"] = expected_for(opts.calibration, calibration_key(record), pred, distances)
     sidecar = path.with_suffix(".json")
     _write_json(sidecar, record, overwrite=False)
     result = SubmitResult(path, sidecar, record, [f"{i}: {p}" for i, p in pred.problems.items()])
@@ -600,94 +521,6 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     return result
 
 
-def size_check(routing: Mapping[str, Any], solution: Path) -> dict[str, Any] | None:
-    """The nucleus-size estimates of a scored run against the true median diameters:
-    the share within ±25%, and the worst ratio (estimate / truth, or its inverse)."""
-    from competition.scale import median_diameter
-    from competition.solution import read_solution
-
-    truth = read_solution(solution)
-    ratios = {}
-    for image_id, r in routing.items():
-        estimate = r.get("nucleus_diameter_estimate")
-        if "scales" not in r or image_id not in truth:
-            continue
-        true = median_diameter(truth[image_id].label())
-        if true is None:
-            continue
-        ratios[image_id] = (estimate / true) if estimate else 0.0
-    if not ratios:
-        return None
-    off = {i: max(v, 1 / v) if v > 0 else float("inf") for i, v in ratios.items()}
-    worst = max(off, key=off.get)
-    return {"n_images": len(ratios),
-            "within_25pct": round(sum(1 for v in ratios.values() if 0.75 <= v <= 1.25) / len(ratios), 4),
-            "off_by_2x_or_more": sum(1 for v in off.values() if v >= 2.0),
-            "worst": {"image_id": worst, "ratio": round(ratios[worst], 3)}}
-
-
-def calibration_key(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What must match between a holdout run and a submission for the holdout to speak for
-    it: the members (with weights), the tuning records' source, TTA, size passes."""
-    members = {t: [(m["member"], m["weight"]) for m in e.get("members", [])] for t, e in record["ensemble"].items()}
-    return {"members": members, "tta": record["tta"], "size_passes": record["size_passes"],
-            "recipe": record["recipe"]}
-
-
-def _training_features(ensemble) -> list:
-    """Features of the images the routed members trained on (their split, minus their
-    validation folds)."""
-    from competition.data.conditions import image_features
-    from competition.data.folds import read_folds
-    from competition.data.io import list_samples, read_image
-    from competition.data.types import classify_image
-    from competition.ensemble import training_split_dir
-
-    held: set[str] = set()
-    for key in ensemble.routed_member_keys():
-        config = json.loads((ensemble.member_folder(key) / "config.json").read_text())
-        folds_file = config.get("folds_file")
-        if folds_file and Path(folds_file).is_file():
-            frame = read_folds(folds_file)
-            held |= set(frame.loc[frame["fold"] == int(config.get("fold", 0)), "ImageId"])
-    split = training_split_dir(ensemble)
-    feats = []
-    for sample in list_samples(split):
-        if sample.image_id not in held:
-            image = read_image(sample.image_path)
-            feats.append(image_features(sample.image_id, image, classify_image(image)))
-    return feats
-
-
-def _condition_distances(ensemble, features: Mapping[str, Any]) -> dict[str, float]:
-    from competition.data.conditions import condition_distance
-
-    try:
-        train = _training_features(ensemble)
-    except (UserError, DataError, OSError) as exc:
-        log.warning("no distances to the training conditions (%s)", exc)
-        return {}
-    return condition_distance(list(features.values()), train)
-
-
-def _expected(path: Path, key: Mapping[str, Any], pred: _Predictions, distances: Mapping[str, float]) -> dict:
-    """``expected_score`` of this submission from a holdout calibration file."""
-    from competition.expected import expected_score, read_calibration
-
-    try:
-        calibration = read_calibration(path)
-    except DataError as exc:
-        log.warning("%s", exc)
-        return {"score": None, "note": str(exc)}
-    if calibration.get("key") != json.loads(json.dumps(key)):
-        note = (f"{path} was made with other members, TTA or size passes than this submission: "
-                "rerun `make holdout` with the same settings")
-        log.warning("%s", note)
-        return {"score": None, "note": note}
-    types = {i: r["type"] for i, r in pred.routing.items() if "type" in r and i in distances}
-    out = expected_score(types, distances, calibration)
-    out["calibration"] = str(path)
-    return out
 
 
 def torch_threads() -> int:

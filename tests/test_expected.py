@@ -54,7 +54,7 @@ def test_a_bad_calibration_file_names_itself(tmp_path, text):
 
 def test_crossfit_scores_each_part_with_parameters_tuned_without_it(monkeypatch):
     from competition import tuning
-    from competition.ensemble import condition_parts, crossfit_postprocess
+    from competition.ensemble_tuning import condition_parts, crossfit_postprocess
     from competition.postprocess import PostprocessParams
 
     rng = np.random.default_rng(0)

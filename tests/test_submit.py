@@ -312,7 +312,8 @@ def test_solution_scores_and_appends_to_the_leaderboard(world, tmp_path):
 def test_tuning_writes_better_params_into_the_ensemble(world, tmp_path):
     import shutil
 
-    from competition.ensemble import load_ensemble, read_ensemble, tune_ensemble
+    from competition.ensemble import load_ensemble, read_ensemble
+    from competition.ensemble_tuning import tune_ensemble
 
     models = tmp_path / "models"
     shutil.copytree(world["models"], models)
@@ -335,7 +336,8 @@ def test_tuning_writes_better_params_into_the_ensemble(world, tmp_path):
 def test_tuning_falls_back_to_the_all_type_model_when_it_scores_better(world, tmp_path):
     import shutil
 
-    from competition.ensemble import load_ensemble, read_ensemble, tune_ensemble
+    from competition.ensemble import load_ensemble, read_ensemble
+    from competition.ensemble_tuning import tune_ensemble
 
     models = tmp_path / "models"
     shutil.copytree(world["models"], models)
@@ -382,7 +384,7 @@ def test_upload_without_credentials_keeps_the_csv_and_says_what_to_do(world, tmp
 
 
 def test_upload_runs_the_kaggle_cli_and_times_out_instead_of_hanging(tmp_path, monkeypatch):
-    from competition.submit import kaggle_upload
+    from competition.upload import kaggle_upload
 
     monkeypatch.setenv("KAGGLE_API_TOKEN", "stand-in")
     bin_dir = tmp_path / "bin"

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from competition.ensemble import load_ensemble, tune_ensemble
+    from competition.ensemble import load_ensemble
+    from competition.ensemble_tuning import tune_ensemble
 
     started = time.perf_counter()
     ensemble = load_ensemble(args.models, args.recipe)

@@ -1,0 +1,108 @@
+"""What a scored holdout run tells about a submission: the nucleus-size estimate against the
+truth, the calibration of :mod:`competition.expected` (per image: type, score, distance to
+the training conditions) and the expected score of a test submission from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from competition.errors import DataError, UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["size_check", "calibration_key", "condition_distances", "expected_for"]
+
+
+def size_check(routing: Mapping[str, Any], solution: Path) -> dict[str, Any] | None:
+    """The nucleus-size estimates of a scored run against the true median diameters:
+    the share within ±25%, and the worst ratio (estimate / truth, or its inverse)."""
+    from competition.scale import median_diameter
+    from competition.solution import read_solution
+
+    truth = read_solution(solution)
+    ratios = {}
+    for image_id, r in routing.items():
+        estimate = r.get("nucleus_diameter_estimate")
+        if "scales" not in r or image_id not in truth:
+            continue
+        true = median_diameter(truth[image_id].label())
+        if true is None:
+            continue
+        ratios[image_id] = (estimate / true) if estimate else 0.0
+    if not ratios:
+        return None
+    off = {i: max(v, 1 / v) if v > 0 else float("inf") for i, v in ratios.items()}
+    worst = max(off, key=off.get)
+    return {"n_images": len(ratios),
+            "within_25pct": round(sum(1 for v in ratios.values() if 0.75 <= v <= 1.25) / len(ratios), 4),
+            "off_by_2x_or_more": sum(1 for v in off.values() if v >= 2.0),
+            "worst": {"image_id": worst, "ratio": round(ratios[worst], 3)}}
+
+
+def calibration_key(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What must match between a holdout run and a submission for the holdout to speak for
+    it: the members (with weights), the tuning records' source, TTA, size passes."""
+    members = {t: [(m["member"], m["weight"]) for m in e.get("members", [])] for t, e in record["ensemble"].items()}
+    return {"members": members, "tta": record["tta"], "size_passes": record["size_passes"],
+            "recipe": record["recipe"]}
+
+
+def _training_features(ensemble) -> list:
+    """Features of the images the routed members trained on (their split, minus their
+    validation folds)."""
+    from competition.data.conditions import image_features
+    from competition.data.folds import read_folds
+    from competition.data.io import list_samples, read_image
+    from competition.data.types import classify_image
+    from competition.oof import training_split_dir
+
+    held: set[str] = set()
+    for key in ensemble.routed_member_keys():
+        config = json.loads((ensemble.member_folder(key) / "config.json").read_text())
+        folds_file = config.get("folds_file")
+        if folds_file and Path(folds_file).is_file():
+            frame = read_folds(folds_file)
+            held |= set(frame.loc[frame["fold"] == int(config.get("fold", 0)), "ImageId"])
+    split = training_split_dir(ensemble)
+    feats = []
+    for sample in list_samples(split):
+        if sample.image_id not in held:
+            image = read_image(sample.image_path)
+            feats.append(image_features(sample.image_id, image, classify_image(image)))
+    return feats
+
+
+def condition_distances(ensemble, features: Mapping[str, Any]) -> dict[str, float]:
+    from competition.data.conditions import condition_distance
+
+    try:
+        train = _training_features(ensemble)
+    except (UserError, DataError, OSError) as exc:
+        log.warning("no distances to the training conditions (%s)", exc)
+        return {}
+    return condition_distance(list(features.values()), train)
+
+
+def expected_for(path: Path, key: Mapping[str, Any], pred, distances: Mapping[str, float]) -> dict:
+    """``expected_score`` of this submission from a holdout calibration file."""
+    from competition.expected import expected_score, read_calibration
+
+    try:
+        calibration = read_calibration(path)
+    except DataError as exc:
+        log.warning("%s", exc)
+        return {"score": None, "note": str(exc)}
+    if calibration.get("key") != json.loads(json.dumps(key)):
+        note = (f"{path} was made with other members, TTA or size passes than this submission: "
+                "rerun `make holdout` with the same settings")
+        log.warning("%s", note)
+        return {"score": None, "note": note}
+    types = {i: r["type"] for i, r in pred.routing.items() if "type" in r and i in distances}
+    out = expected_score(types, distances, calibration)
+    out["calibration"] = str(path)
+    return out

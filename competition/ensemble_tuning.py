@@ -1,0 +1,270 @@
+"""Tuning an ensemble's post-processing per image type on its members' out-of-fold maps,
+cross-fitted over whole imaging conditions when the folds name them.
+
+:func:`tune_ensemble` writes the tuned parameters and a record of the tuning into the
+ensemble file (:mod:`competition.ensemble`); :func:`crossfit_postprocess` gives the
+out-of-sample score (each part of whole conditions scored with parameters tuned on the
+others) that ``make holdout`` then reproduces on the submit path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from competition.ensemble import ENTRY_NAMES, Ensemble, write_ensemble
+from competition.errors import DataError, UserError
+from competition.oof import OOFSet, collect_oof, training_split_dir
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TypeTuning", "tune_ensemble", "condition_parts", "crossfit_postprocess"]
+
+
+@dataclass(frozen=True)
+class TypeTuning:
+    """The outcome of tuning one entry.
+
+    Attributes:
+        entry: the ensemble entry (``all`` or an image type).
+        image_type: the image type tuned on (None for ``all``: every type).
+        members: the members whose out-of-fold maps were used.
+        n_images: images tuned on.
+        result: the :class:`competition.tuning.TuneResult`; None when there was no image.
+        params: the parameters written (the defaults when tuning gained nothing), or None.
+        note: why nothing was tuned, or why the defaults were kept.
+        choice: own members against the all-type fallback, when both could be compared:
+            ``own_score``, ``all_score`` (tuned, same images) and ``kept`` (``own`` or ``all``).
+        crossfit: the out-of-sample record of :func:`crossfit_postprocess`, when conditions
+            were given.
+    """
+
+    entry: str
+    image_type: str | None
+    members: tuple[str, ...]
+    n_images: int
+    result: Any = None
+    params: dict | None = None
+    note: str = ""
+    choice: dict | None = None
+    crossfit: dict | None = None
+
+
+def tune_ensemble(
+    ensemble: Ensemble,
+    *,
+    data_dir: str | Path | None = None,
+    grid: Mapping[str, Any] | None = None,
+    n_rounds: int = 2,
+    entries: Iterable[str] | None = None,
+    write: bool = True,
+    conditions: Mapping[str, str] | None = None,
+    n_parts: int = 3,
+) -> tuple[Ensemble, list[TypeTuning]]:
+    """Tune the post-processing of every image type on its members' out-of-fold maps.
+
+    Per image type: the maps of the members it routes to (its own, or the ``all`` members on
+    fallback, restricted to images of that type), averaged per image (:func:`collect_oof`),
+    with the true labels read from the training split, go to
+    :func:`competition.tuning.tune_postprocess`. The ``all`` entry is tuned on every
+    out-of-fold image of its members (those parameters serve a type that had no image to tune
+    on). The parameters and a record of the tuning go into the ensemble file, written
+    atomically after each entry when ``write``.
+
+    Args:
+        ensemble: the validated ensemble.
+        data_dir: DATA_DIR (or the labelled split); default: the one recorded in the members'
+            ``config.json``.
+        grid: the tuning grid; default :data:`competition.tuning.DEFAULT_GRID`.
+        n_rounds: coordinate-descent rounds.
+        entries: only these entries (default: ``all`` and every image type).
+        write: write the ensemble file.
+        conditions: ImageId -> imaging condition (a condition-out folds file's column): when
+            given, every entry is also cross-fitted (:func:`crossfit_postprocess`), and its
+            out-of-sample score and per-part parameters go into the tuning record.
+        n_parts: parts of whole conditions for the cross-fitting.
+
+    Returns:
+        (the updated ensemble, one :class:`TypeTuning` per entry tuned or skipped).
+    """
+    from competition.data.io import load_split
+    from competition.postprocess import PostprocessParams
+    from competition.tuning import DEFAULT_GRID, tune_postprocess
+
+    grid = DEFAULT_GRID if grid is None else grid
+    wanted = list(entries) if entries is not None else list(ENTRY_NAMES)
+    unknown = [e for e in wanted if e not in ENTRY_NAMES]
+    if unknown:
+        raise UserError(f"unknown type(s) {unknown}; valid: {', '.join(ENTRY_NAMES)}")
+    plans: list[tuple[str, str, str | None]] = []  # (entry, members' entry, image type)
+    for name in wanted:
+        if name == "all":
+            if ensemble.entries["all"].members:
+                plans.append(("all", "all", None))
+            continue
+        source, _ = ensemble.route(name)
+        plans.append((name, source, name))
+    oofs: dict[str, OOFSet] = {}
+    fallbacks: dict[str, OOFSet] = {}  # the all-type members on a type that has its own
+    for name, source, image_type in plans:
+        oofs[name] = collect_oof(ensemble, source, image_type)
+        if name != "all" and source == name and ensemble.entries["all"].members:
+            fallbacks[name] = collect_oof(ensemble, "all", image_type)
+    needed = sorted({i for oof in [*oofs.values(), *fallbacks.values()] for i in oof.probs})
+    labels: dict[str, Any] = {}
+    if needed:
+        split = training_split_dir(ensemble, data_dir)
+        log.info("reading %d true labels from %s", len(needed), split)
+        try:
+            loaded, _ = load_split(split, ids=needed)
+        except DataError as exc:
+            raise DataError(f"{exc} (the out-of-fold images must come from this split: pass --data DATA_DIR)") from None
+        labels = {s.image_id: s.label for s in loaded}
+    outcomes: list[TypeTuning] = []
+    base = PostprocessParams()  # start from the defaults: re-tuning does not drift
+    for name, source, image_type in plans:
+        oof = oofs[name]
+        members = tuple(m.key for m in ensemble.members_of(source))
+        if not oof.probs:
+            note = (f"no out-of-fold {image_type or ''} image in the members of '{source}'; "
+                    f"{'the all parameters' if name != 'all' else 'the defaults'} apply")
+            log.warning("%s: %s", name, note)
+            outcomes.append(TypeTuning(name, image_type, members, 0, note=note))
+            continue
+        log.info("tuning %s on %d image(s) from %s", name, len(oof.probs), ", ".join(k for k, n in oof.members.items() if n))
+        result = tune_postprocess(_samples(oof, labels), grid, base, n_rounds=n_rounds, channels=oof.channels)
+        record = _tuning_record(result, oof, image_type, source, n_rounds, ensemble.entries[name].postprocess)
+        alternative = fallbacks.get(name)
+        if alternative is not None and set(alternative.probs) == set(oof.probs):
+            # Keep what scores better on the same images: the type's own (fine-tuned) members
+            # or the all-type model it would otherwise fall back to.
+            log.info("tuning %s on the same %d image(s) with the all-type members", name, len(oof.probs))
+            fallback = tune_postprocess(_samples(alternative, labels), grid, base, n_rounds=n_rounds,
+                                        channels=alternative.channels)
+            record["choice"] = {
+                "own_members": [m.key for m in ensemble.members_of(name)],
+                "own_score": round(result.score_after, 6),
+                "all_members": [m.key for m in ensemble.members_of("all")],
+                "all_score": round(fallback.score_after, 6),
+            }
+            if fallback.score_after > result.score_after:
+                record = {**_tuning_record(fallback, alternative, image_type, "all", n_rounds,
+                                           ensemble.entries[name].postprocess), "choice": record["choice"]}
+                record["choice"]["kept"] = "all"
+                record["note"] = (f"the all-type members score {fallback.score_after:.4f} against "
+                                  f"{result.score_after:.4f} for {name}'s own: {name} falls back to 'all' "
+                                  f"(dropped: {', '.join(record['choice']['own_members'])})")
+                ensemble = ensemble.without_members(name)
+                result, members = fallback, tuple(record["choice"]["all_members"])
+            else:
+                record["choice"]["kept"] = "own"
+        elif alternative is not None and alternative.probs:
+            log.warning("%s: the all-type members hold other out-of-fold images than %s's own; "
+                        "not compared", name, name)
+        if conditions is not None:
+            chosen = alternative if record.get("choice", {}).get("kept") == "all" else oof
+            record["crossfit"] = crossfit_postprocess(_samples_by_id(chosen, labels), conditions, grid, base,
+                                                      n_rounds=n_rounds, channels=chosen.channels,
+                                                      n_parts=n_parts)
+        params = result.params
+        if result.score_after <= result.score_before:
+            params = base  # nothing gained: do not move the parameters on a tie
+            record["note"] = "; ".join(filter(None, [record.get("note"), "no gain over the defaults on these images: defaults kept"]))
+        ensemble = ensemble.with_tuning(name, params.to_dict(), record)
+        if write:
+            write_ensemble(ensemble)
+        outcomes.append(TypeTuning(name, image_type, members, result.n_images, result, params.to_dict(),
+                                   record.get("note", ""), record.get("choice"), record.get("crossfit")))
+    return ensemble, outcomes
+
+
+def condition_parts(image_ids: Iterable[str], conditions: Mapping[str, str], n_parts: int) -> dict[str, int]:
+    """Deal whole conditions to ``n_parts`` parts, biggest first, each to the smallest part.
+
+    Images missing from ``conditions`` are each their own condition.
+    """
+    members: dict[str, list[str]] = {}
+    for image_id in sorted(image_ids):
+        members.setdefault(conditions.get(image_id, f"?{image_id}"), []).append(image_id)
+    n_parts = max(1, min(n_parts, len(members)))
+    sizes = [0] * n_parts
+    parts: dict[str, int] = {}
+    for cond in sorted(members, key=lambda c: (-len(members[c]), c)):
+        p = min(range(n_parts), key=lambda k: (sizes[k], k))
+        sizes[p] += len(members[cond])
+        parts.update({i: p for i in members[cond]})
+    return dict(sorted(parts.items()))
+
+
+def crossfit_postprocess(samples: Mapping[str, tuple[Any, Any]], conditions: Mapping[str, str], grid,
+                         base, *, n_rounds: int = 2, channels=None, n_parts: int = 3) -> dict[str, Any]:
+    """Out-of-sample score of the post-processing tuning: the images are split into parts of
+    whole conditions (:func:`condition_parts`); each part is scored with parameters tuned on
+    the other parts only, so no image is scored by parameters that saw its condition.
+
+    Args:
+        samples: ImageId -> (probs C×H×W, true label H×W).
+        conditions: ImageId -> condition.
+
+    Returns:
+        ``{"score", "n_parts", "part_scores", "params" (one dict per part), "parts"
+        (ImageId -> part)}``; with fewer than 2 conditions, ``score`` is None.
+    """
+    from competition.metric import score_images
+    from competition.postprocess import watershed_instances
+    from competition.tuning import tune_postprocess
+
+    parts = condition_parts(samples, conditions, n_parts)
+    k = max(parts.values(), default=0) + 1
+    if k < 2:
+        return {"score": None, "n_parts": k, "part_scores": [], "params": [], "parts": parts,
+                "note": "fewer than 2 conditions: nothing to cross-fit"}
+    params_out, part_scores, pairs = [], [], []
+    for p in range(k):
+        train = [samples[i] for i, q in parts.items() if q != p]
+        held = [i for i, q in parts.items() if q == p]
+        tuned = tune_postprocess(train, grid, base, n_rounds=n_rounds, channels=channels).params
+        params_out.append(tuned.to_dict())
+        scored = [(i, samples[i][1], watershed_instances(samples[i][0], tuned, channels)) for i in held]
+        part_scores.append(round(float(score_images(scored).score), 6))
+        pairs.extend(scored)
+    return {"score": round(float(score_images(pairs).score), 6), "n_parts": k, "part_scores": part_scores,
+            "params": params_out, "parts": parts}
+
+
+def _samples_by_id(oof: OOFSet, labels: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return dict(zip(oof.probs, _samples(oof, labels)))
+
+
+def _samples(oof: OOFSet, labels: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    """(probs, true label) pairs of an out-of-fold set, checked for matching shapes."""
+    samples = []
+    for image_id, probs in oof.probs.items():
+        label = labels[image_id]
+        if label.shape != probs.shape[1:]:
+            raise UserError(f"out-of-fold map of {image_id} is {probs.shape[1:]}, its label {label.shape}: "
+                            "was the member trained on other data? pass --data")
+        samples.append((probs, label))
+    return samples
+
+
+def _tuning_record(result, oof: OOFSet, image_type: str | None, source: str, n_rounds: int,
+                   previous: dict | None) -> dict[str, Any]:
+    multi = sum(1 for n in oof.n_views.values() if n > 1)
+    return {
+        "score_before": round(result.score_before, 6),
+        "score_after": round(result.score_after, 6),
+        "n_images": result.n_images,
+        "image_type": image_type or "all types",
+        "members": dict(oof.members),
+        "from_entry": source,
+        "averaging": (
+            f"{multi} image(s) averaged over several members, {len(oof.n_views) - multi} from one member "
+            "(members of different folds hold different out-of-fold images)"
+        ),
+        "n_rounds": n_rounds,
+        "previous": previous,
+    }
