@@ -516,9 +516,9 @@ def test_training_validation_scores_the_probabilities_that_submit_post_processes
     assert np.abs(submitted * 255.0 - kept.astype(np.float32)).max() <= 0.5 + 1e-3
 
 
-def test_holdout_lays_a_training_fold_out_as_a_test_set_and_it_scores(world, tmp_path):
+def lay_out_holdout(world, tmp_path):
+    """Fold 1 of two (alternate training ids) laid out by `holdout`: (ids, folds CSV, folder)."""
     from competition.cli import main
-    from competition.scoring import score_submission
 
     train = world["drawn"]["train"]
     ids = sorted(train)
@@ -526,6 +526,14 @@ def test_holdout_lays_a_training_fold_out_as_a_test_set_and_it_scores(world, tmp
     folds.write_text("ImageId,type,fold\n" + "".join(f"{i},{train[i][0]},{k % 2}\n" for k, i in enumerate(ids)))
     out = tmp_path / "holdout"
     assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1", "--out", str(out)]) == 0
+    return ids, folds, out
+
+
+def test_holdout_lays_a_training_fold_out_as_a_test_set_and_it_scores(world, tmp_path):
+    from competition.cli import main
+    from competition.scoring import score_submission
+
+    ids, folds, out = lay_out_holdout(world, tmp_path)
     held = ids[1::2]
     assert sorted(p.name for p in (out / "stage1_test").iterdir()) == held
     assert all((out / "stage1_test" / i / "images" / f"{i}.png").is_file() for i in held)
@@ -540,14 +548,7 @@ def test_holdout_lays_a_training_fold_out_as_a_test_set_and_it_scores(world, tmp
 
 
 def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_path):
-    from competition.cli import main
-
-    train = world["drawn"]["train"]
-    ids = sorted(train)
-    folds = tmp_path / "folds.csv"
-    folds.write_text("ImageId,type,fold\n" + "".join(f"{i},{train[i][0]},{k % 2}\n" for k, i in enumerate(ids)))
-    out = tmp_path / "holdout"
-    assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1", "--out", str(out)]) == 0
+    ids, folds, out = lay_out_holdout(world, tmp_path)
     cal = tmp_path / "calibration.json"
     held = submit(world, tmp_path, data_dir=out, solution=out / "solution.csv", calibration=cal, crossfit=True)
     assert held.record["border_strips"] >= 0

@@ -25,33 +25,36 @@ log = logging.getLogger(__name__)
 _REFLECT = cv2.BORDER_REFLECT_101
 
 
+def _dihedral() -> list:
+    """The 8 symmetries of the square, each equally likely."""
+    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+
+
+def _blur_or_noise(max_noise_std: float, p: float = 0.3):
+    return A.OneOf([A.GaussianBlur(blur_limit=(3, 5), p=1.0),
+                    A.GaussNoise(std_range=(0.01, max_noise_std), p=1.0)], p=p)
+
+
 def _none() -> list:
     return []
 
 
 def _light() -> list:
     return [
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.RandomRotate90(p=0.5),
+        *_dihedral(),
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.3),
     ]
 
 
 def _strong() -> list:
     return [
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.RandomRotate90(p=0.5),
+        *_dihedral(),
         A.Affine(scale=(0.75, 1.33), rotate=(-30, 30), shear=(-5, 5),
                  interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
                  border_mode=_REFLECT, p=0.5),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         A.RandomGamma(gamma_limit=(80, 125), p=0.3),
-        A.OneOf([
-            A.GaussianBlur(blur_limit=(3, 5), p=1.0),
-            A.GaussNoise(std_range=(0.01, 0.05), p=1.0),
-        ], p=0.3),
+        _blur_or_noise(0.05),
     ]
 
 
@@ -137,19 +140,14 @@ def _invariant() -> list:
     """Geometry, scale aside (the member's nucleus-size jitter does scale), and what should
     not matter for finding nuclei: channel order, colour, gamma, contrast, blur, noise."""
     return [
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.RandomRotate90(p=0.5),
+        *_dihedral(),
         A.Affine(rotate=(-20, 20), shear=(-5, 5), interpolation=cv2.INTER_LINEAR,
                  mask_interpolation=cv2.INTER_NEAREST, border_mode=_REFLECT, p=0.3),
         A.ChannelShuffle(p=0.3),
         A.ToGray(p=0.15),
         A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.3, p=0.5),
         A.RandomGamma(gamma_limit=(60, 160), p=0.4),
-        A.OneOf([
-            A.GaussianBlur(blur_limit=(3, 5), p=1.0),
-            A.GaussNoise(std_range=(0.01, 0.06), p=1.0),
-        ], p=0.3),
+        _blur_or_noise(0.06),
     ]
 
 
