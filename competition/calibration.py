@@ -15,7 +15,8 @@ from competition.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["size_check", "calibration_key", "condition_distances", "expected_for"]
+__all__ = ["size_check", "calibration_key", "conditions_of", "scores_by_condition", "condition_distances",
+           "expected_for"]
 
 
 def size_check(routing: Mapping[str, Any], solution: Path) -> dict[str, Any] | None:
@@ -52,22 +53,51 @@ def calibration_key(record: Mapping[str, Any]) -> dict[str, Any]:
             "recipe": record["recipe"]}
 
 
-def _training_features(ensemble) -> list:
-    """Features of the images the routed members trained on (their split, minus their
-    validation folds)."""
-    from competition.data.conditions import image_features
+def _member_folds(ensemble):
+    """(members' folds file as a DataFrame or None, the ids their validation folds hold)."""
     from competition.data.folds import read_folds
-    from competition.data.io import list_samples, read_image
-    from competition.data.types import classify_image
-    from competition.oof import training_split_dir
 
     held: set[str] = set()
+    frame = None
     for key in ensemble.routed_member_keys():
         config = json.loads((ensemble.member_folder(key) / "config.json").read_text())
         folds_file = config.get("folds_file")
         if folds_file and Path(folds_file).is_file():
             frame = read_folds(folds_file)
             held |= set(frame.loc[frame["fold"] == int(config.get("fold", 0)), "ImageId"])
+    return frame, held
+
+
+def conditions_of(ensemble) -> dict[str, str]:
+    """ImageId -> imaging condition, from the members' condition-out folds file ({} when
+    their folds are random or unknown)."""
+    try:
+        frame, _ = _member_folds(ensemble)
+    except (OSError, ValueError, DataError):
+        return {}
+    if frame is None or "condition" not in frame.columns:
+        return {}
+    return dict(zip(frame["ImageId"], frame["condition"]))
+
+
+def scores_by_condition(image_scores: Mapping[str, float], conditions: Mapping[str, str]) -> dict[str, dict]:
+    """Condition -> {"score": mean, "n_images": n}, biggest conditions first."""
+    groups: dict[str, list[float]] = {}
+    for image_id, score in image_scores.items():
+        groups.setdefault(conditions.get(image_id, "unknown"), []).append(float(score))
+    order = sorted(groups, key=lambda c: (-len(groups[c]), c))
+    return {c: {"score": round(sum(groups[c]) / len(groups[c]), 4), "n_images": len(groups[c])} for c in order}
+
+
+def _training_features(ensemble) -> list:
+    """Features of the images the routed members trained on (their split, minus their
+    validation folds)."""
+    from competition.data.conditions import image_features
+    from competition.data.io import list_samples, read_image
+    from competition.data.types import classify_image
+    from competition.oof import training_split_dir
+
+    _, held = _member_folds(ensemble)
     split = training_split_dir(ensemble)
     feats = []
     for sample in list_samples(split):

@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 
 from competition import git_commit
-from competition.calibration import calibration_key, condition_distances, expected_for, size_check
+from competition.calibration import (
+    calibration_key,
+    condition_distances,
+    conditions_of,
+    expected_for,
+    scores_by_condition,
+    size_check,
+)
 from competition.csvio import atomic_write
 from competition.errors import DataError, UserError
 from competition.upload import kaggle_upload, upload_requested
@@ -499,6 +506,10 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
             "interval": [round(v, 6) for v in result.score.result.bootstrap_interval()],
         }
         record["size_check"] = size_check(pred.routing, opts.solution)
+        conditions = conditions_of(ensemble)
+        if conditions:
+            record["score"]["by_condition"] = scores_by_condition(
+                {im.image_id: im.score for im in result.score.result.images}, conditions)
         if opts.calibration is not None:
             from competition.expected import write_calibration
 
@@ -565,6 +576,10 @@ def format_summary(result: SubmitResult) -> list[str]:
         f"encoding {t['encode_s']:.1f} s ({t['images_per_s']:.2f} images/s)",
     ]
     lines.append(f"border strips {r['border_strips']} (thin objects along the image edges; see competition.diagnostics)")
+    by_condition = (r.get("score") or {}).get("by_condition") or {}
+    if by_condition:
+        lines.append("score by imaging condition: " + ", ".join(
+            f"{c} {v['score']:.3f} (n={v['n_images']})" for c, v in by_condition.items()))
     check = r.get("size_check")
     if check:
         lines.append(f"nucleus-size estimate within ±25% of the truth on {100 * check['within_25pct']:.1f}% of "

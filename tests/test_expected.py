@@ -85,3 +85,12 @@ def test_crossfit_scores_each_part_with_parameters_tuned_without_it(monkeypatch)
         held = {id(samples[i][0]) for i, q in out["parts"].items() if q == p}
         assert not used & held
     assert 0.0 <= out["score"] <= 1.0
+
+
+def test_scores_by_condition_biggest_first():
+    from competition.calibration import scores_by_condition
+
+    out = scores_by_condition({"a": 0.2, "b": 0.4, "c": 1.0, "d": 0.5}, {"a": "x", "b": "x", "c": "y"})
+    assert list(out) == ["x", "unknown", "y"]
+    assert out["x"] == {"score": 0.3, "n_images": 2}
+    assert out["unknown"]["n_images"] == 1
