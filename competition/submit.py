@@ -92,6 +92,9 @@ class SubmitOptions:
         calibration: with ``solution``: write the holdout calibration here (per image type,
             score and distance to the training conditions); without: read it and record the
             submission's ``expected_score`` (:mod:`competition.expected`).
+        cache_dir: keep every image's result (objects, routing, features) here as it is done,
+            keyed by the ensemble, its weights and the prediction settings, so an
+            interrupted run resumes from the images already predicted; None: no cache.
     """
 
     recipe: str
@@ -112,6 +115,7 @@ class SubmitOptions:
     size_passes: int = 2
     crossfit: bool = False
     calibration: Path | None = None
+    cache_dir: Path | None = None
 
 
 @dataclass
@@ -311,12 +315,65 @@ def _read_shapes(split: Path, ids: list[str], strict: bool) -> tuple[dict[str, t
     return shapes, problems
 
 
+class _ImageCache:
+    """One JSON file per finished image (written atomically), in a folder named by the key
+    of everything that decides the result."""
+
+    def __init__(self, root: Path | None, key: Mapping[str, Any]) -> None:
+        import hashlib
+
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.folder = None if root is None else Path(root) / digest
+
+    def get(self, image_id: str) -> dict | None:
+        if self.folder is None:
+            return None
+        path = self.folder / f"{image_id}.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:  # a damaged entry is predicted again
+            log.warning("ignoring the damaged cache entry %s (%s)", path, exc)
+            return None
+
+    def put(self, image_id: str, entry: Mapping[str, Any]) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.folder / f"{image_id}.json", overwrite=True) as fh:
+            json.dump(entry, fh)
+
+
+def cache_key(ensemble, opts: SubmitOptions, tiling, device) -> dict[str, Any]:
+    """What decides an image's result: the ensemble file, each routed member's weights (size
+    and modification time), TTA, size passes, tiling, cross-fitting and the device type."""
+    weights = {}
+    for key in ensemble.routed_member_keys():
+        best = ensemble.member_folder(key) / "best.pt"
+        stat = best.stat() if best.exists() else None
+        weights[key] = None if stat is None else [stat.st_size, stat.st_mtime_ns]
+    return {"ensemble": ensemble.to_dict(), "weights": weights, "tta": opts.tta, "size_passes": opts.size_passes,
+            "tiling": [tiling.tile_size, tiling.overlap, tiling.max_side], "crossfit": opts.crossfit,
+            "device": str(device.type), "git": git_commit()}
+
+
+def _progress(total: int, initial: int):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="predict", unit="image", dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
+
+
 def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dict[str, str], *, strict: bool,
-                 workers: int, crossfit: bool = False) -> _Predictions:
+                 workers: int, crossfit: bool = False, cache: _ImageCache | None = None) -> _Predictions:
     """Read (ahead, in a thread), predict, post-process and encode every readable image.
 
     With ``workers`` > 0, post-processing and encoding run in that many threads while the
-    network predicts the next image.
+    network predicts the next image. Images found in ``cache`` are taken from it; every
+    image predicted is added to it as soon as it is done.
     """
     from competition.data.conditions import image_features
     from competition.data.io import read_image
@@ -341,6 +398,8 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
         t1 = time.perf_counter()
         return image_id, label_to_rles(label), t1 - t0, time.perf_counter() - t1, count_border_strips(label)
 
+    cache = cache or _ImageCache(None, {})
+
     def collect(done: tuple[str, list[str], float, float, int]) -> None:
         image_id, encoded, t_post, t_enc, strips = done
         out.rles[image_id] = encoded
@@ -348,8 +407,26 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
         out.routing[image_id]["border_strips"] = strips
         out.postprocess += t_post
         out.encode += t_enc
+        f = out.features[image_id]
+        cache.put(image_id, {"rles": encoded, "routing": out.routing[image_id],
+                             "features": [f.type, f.height, f.width, list(f.stats)]})
+        bar.update(1)
 
     readable = [i for i in ids if i not in problems]
+    from competition.data.conditions import ImageFeatures
+
+    n_cached = 0
+    for image_id in list(readable):
+        entry = cache.get(image_id)
+        if entry is not None:
+            kind, h, w, stats = entry["features"]
+            out.rles[image_id], out.routing[image_id] = entry["rles"], entry["routing"]
+            out.features[image_id] = ImageFeatures(image_id, kind, int(h), int(w), tuple(stats))
+            readable.remove(image_id)
+            n_cached += 1
+    if n_cached:
+        log.info("%d image(s) taken from the cache %s, %d to predict", n_cached, cache.folder, len(readable))
+    bar = _progress(len(readable) + n_cached, n_cached)
     pool, pending = None, []
     if workers > 0:
         from concurrent.futures import ThreadPoolExecutor
@@ -381,6 +458,7 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
         for future in pending:
             collect(future.result())
     finally:
+        bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     for image_id in ids:
@@ -425,8 +503,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     if workers is None:
         workers = 1 if predictor.device.type == "cuda" else 0
     log.info("predicting %d test images of %s with %s", len(ids), split, opts.recipe)
+    cache = _ImageCache(opts.cache_dir, {**cache_key(ensemble, opts, tiling, predictor.device), "split": str(split)})
     pred = _predict_all(predictor, ensemble, split, ids, problems, strict=opts.strict, workers=workers,
-                        crossfit=opts.crossfit)
+                        crossfit=opts.crossfit, cache=cache)
     t_predicted = time.perf_counter()
 
     path = submission_path(opts.out_dir, opts.recipe, opts.stage)

@@ -565,3 +565,29 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     other = submit(world, tmp_path, calibration=cal, tta="flips")  # not the submission calibrated
     assert other.record["expected_score"]["score"] is None
     assert "other members, TTA" in other.record["expected_score"]["note"]
+
+
+def test_an_interrupted_submit_resumes_from_its_cache_and_writes_the_same_csv(world, tmp_path, monkeypatch):
+    from competition.predict import EnsemblePredictor
+
+    plain = submit(world, tmp_path / "plain")
+    cache = tmp_path / "cache"
+    real = EnsemblePredictor.predict
+    calls = []
+
+    def dies_on_the_third(self, image, route=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, image, route)
+
+    monkeypatch.setattr(EnsemblePredictor, "predict", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        submit(world, tmp_path / "first", cache_dir=cache)
+    assert not list((tmp_path / "first").rglob("*.csv")), "no partial CSV"
+    assert len(list(cache.glob("*/*.json"))) == 2
+    calls.clear()
+    monkeypatch.setattr(EnsemblePredictor, "predict", lambda self, image, route=None: (calls.append(1), real(self, image, route))[1])
+    resumed = submit(world, tmp_path / "second", cache_dir=cache)
+    assert len(calls) == plain.record["n_images"] - 2
+    assert resumed.path.read_text() == plain.path.read_text()

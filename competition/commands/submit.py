@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; 1 is faster when the cores are busy with other work)")
     pred.add_argument("--size-passes", type=int, default=2, help="passes without TTA that estimate the nucleus size, for members trained at a nucleus_diameter")
     pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
+    pred.add_argument("--cache-dir", default="build/predict-cache",
+                      help="per-image results, so an interrupted run resumes where it stopped ('' disables)")
     after = parser.add_argument_group("after writing")
     after.add_argument("--solution", type=Path, help="score against this solution CSV and append to the leaderboard")
     after.add_argument("--leaderboard", type=Path, help="leaderboard CSV (default: OUT_DIR/leaderboard.csv)")
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         size_passes=args.size_passes,
         crossfit=args.crossfit,
         calibration=args.calibration,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
     )
     result = make_submission(options)
     for line in format_summary(result):
