@@ -97,13 +97,15 @@ def _training_features(ensemble) -> list:
     from competition.data.types import classify_image
     from competition.oof import training_split_dir
 
-    _, held = _member_folds(ensemble)
+    frame, held = _member_folds(ensemble)
+    types = {} if frame is None else dict(zip(frame["ImageId"], frame["type"]))  # the folds file has them
     split = training_split_dir(ensemble)
     feats = []
     for sample in list_samples(split):
         if sample.image_id not in held:
             image = read_image(sample.image_path)
-            feats.append(image_features(sample.image_id, image, classify_image(image)))
+            kind = types.get(sample.image_id) or classify_image(image)
+            feats.append(image_features(sample.image_id, image, kind))
     return feats
 
 

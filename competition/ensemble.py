@@ -153,38 +153,30 @@ class Ensemble:
             return "all", True
         raise UserError(f"{self.path}: no member for {image_type} images and no 'all' member to fall back to")
 
-    def params_for(self, image_type: str):
+    def params_for(self, image_type: str, *, crossfit_id: str | None = None):
         """The post-processing parameters for an image type and where they come from.
 
         The type's own tuned parameters; else those tuned for ``all``; else the defaults.
+        With ``crossfit_id``, an image the tuning cross-fitted gets the parameters tuned
+        without its condition instead (see
+        :func:`competition.ensemble_tuning.crossfit_postprocess`).
 
         Returns:
             (:class:`~competition.postprocess.PostprocessParams`, source: ``"tuned <type>"``,
-            ``"tuned all"`` or ``"default"``).
+            ``"tuned all"``, ``"cross-fitted <entry> part <k>"`` or ``"default"``).
         """
         from competition.postprocess import PostprocessParams
 
         for name in (image_type, "all"):
             entry = self.entries.get(name)
             if entry is not None and entry.postprocess is not None:
+                crossfit = (entry.tuning or {}).get("crossfit") or {}
+                part = (crossfit.get("parts") or {}).get(crossfit_id) if crossfit_id is not None else None
+                if part is not None and crossfit.get("params"):
+                    return (PostprocessParams.from_dict(crossfit["params"][int(part)]),
+                            f"cross-fitted {name} part {part}")
                 return PostprocessParams.from_dict(entry.postprocess), f"tuned {name}"
         return PostprocessParams(), "default"
-
-    def crossfit_params_for(self, image_type: str, image_id: str):
-        """The parameters tuned without ``image_id``'s condition (see
-        :func:`crossfit_postprocess`), from the entry :meth:`params_for` takes; None when
-        that entry's tuning did not cross-fit this image."""
-        from competition.postprocess import PostprocessParams
-
-        for name in (image_type, "all"):
-            entry = self.entries.get(name)
-            if entry is not None and entry.postprocess is not None:
-                crossfit = (entry.tuning or {}).get("crossfit") or {}
-                part = (crossfit.get("parts") or {}).get(image_id)
-                if part is None or not crossfit.get("params"):
-                    return None
-                return PostprocessParams.from_dict(crossfit["params"][int(part)]), f"cross-fitted {name} part {part}"
-        return None
 
     def with_tuning(self, entry: str, params: Mapping[str, Any], tuning: Mapping[str, Any]) -> Ensemble:
         """A copy with ``entry``'s post-processing parameters and tuning record replaced."""

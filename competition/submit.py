@@ -375,7 +375,7 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
     network predicts the next image. Images found in ``cache`` are taken from it; every
     image predicted is added to it as soon as it is done.
     """
-    from competition.data.conditions import image_features
+    from competition.data.conditions import ImageFeatures, image_features
     from competition.data.io import read_image
     from competition.diagnostics import count_border_strips
     from competition.predict import prefetch
@@ -383,14 +383,9 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
     from competition.rle import label_to_rles
 
     out = _Predictions(problems=dict(problems))
-    params = {t: ensemble.params_for(t) for t in ("fluorescence", "histology", "brightfield")}
 
     def params_of(image_id: str, image_type: str):
-        if crossfit:
-            found = ensemble.crossfit_params_for(image_type, image_id)
-            if found is not None:
-                return found
-        return params[image_type]
+        return ensemble.params_for(image_type, crossfit_id=image_id if crossfit else None)
 
     def finish(image_id: str, probs: np.ndarray, image_type: str) -> tuple[str, list[str], float, float, int]:
         t0 = time.perf_counter()
@@ -413,8 +408,6 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
         bar.update(1)
 
     readable = [i for i in ids if i not in problems]
-    from competition.data.conditions import ImageFeatures
-
     n_cached = 0
     for image_id in list(readable):
         entry = cache.get(image_id)
@@ -609,8 +602,6 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     if record["score"] is not None or record["upload"] is not None:
         _write_json(sidecar, record, overwrite=True)
     return result
-
-
 
 
 def torch_threads() -> int:

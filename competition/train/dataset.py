@@ -159,8 +159,8 @@ def resolve_types_and_folds(
             raise UserError(f"types file {types_path} lacks {len(missing)} of the {len(ids)} "
                             f"training images (e.g. {missing[0]})")
     folds_path = Path(folds_path)
-    if folds_path.is_file():
-        df = folds_mod.read_folds(folds_path)
+    df = folds_mod.read_folds(folds_path) if folds_path.is_file() else None
+    if df is not None:
         listed = set(df["ImageId"])
         if set(ids) != listed:
             # made for another dataset (DATA_DIR switched): keep it under a name of its own
@@ -170,14 +170,15 @@ def resolve_types_and_folds(
             log.warning("folds file %s lists %d images, %d of them not in %s (made for another dataset): "
                         "moved to %s, making new folds", folds_path, len(listed), len(listed - set(ids)),
                         split, kept)
-    if not folds_path.is_file():
+            df = None
+    if df is None:
         if types is None:
             types = {i: types_mod.classify_image(ids_images[i]) for i in ids}
         folds, conditions = folds_mod.make_condition_folds(ids_images, types)
         folds_mod.write_folds(folds_path, types, folds, conditions=conditions)
         log.info("folds file %s was missing: made %d condition-out folds over %d images (%d conditions) and "
                  "wrote it", folds_path, len(set(folds.values())), len(folds), len(set(conditions.values())))
-    df = folds_mod.read_folds(folds_path)
+        df = folds_mod.read_folds(folds_path)
     fold_of = {str(r.ImageId): int(r.fold) for r in df.itertuples()}
     if types is None:
         types = {str(r.ImageId): str(r.type) for r in df.itertuples()}
