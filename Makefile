@@ -15,6 +15,11 @@ BUILD ?= build
 MODELS ?= models
 TTA ?= flips
 SIZE_PASSES ?= 2
+# What runs the network: auto (the fastest installed on the CPU, torch on CUDA), torch,
+# onnxruntime or openvino.
+ENGINE ?= auto
+# Resize factors of the first nucleus-size pass (empty: the default, 1 0.5 0.25).
+SURVEY ?=
 MEMBER ?=
 FOLD ?= 0
 FOLDS_BY ?= conditions
@@ -89,12 +94,12 @@ tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of 
 	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(BUILD)/folds.csv
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
-	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) \
+	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(if $(SURVEY),--survey-factors $(SURVEY)) \
 		$(if $(SOLUTION),--solution $(SOLUTION),$(if $(wildcard $(CALIBRATION)),--calibration $(CALIBRATION))) $(if $(KAGGLE_SUBMIT),--kaggle)
 
 holdout: $(SETUP)  ## the whole submit pipeline on training fold FOLD (held out by RECIPE's members), scored like the leaderboard
 	test -d $(HOLDOUT)/stage1_test || $(PYTHON) -m competition holdout --data $(DATA_DIR) --folds $(BUILD)/folds.csv --fold $(FOLD) --out $(HOLDOUT)
-	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(HOLDOUT) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) \
+	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(HOLDOUT) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(if $(SURVEY),--survey-factors $(SURVEY)) \
 		--out-dir $(HOLDOUT)/submissions --solution $(HOLDOUT)/solution.csv --leaderboard $(HOLDOUT)/leaderboard.csv \
 		--crossfit --calibration $(CALIBRATION)
 

@@ -47,9 +47,11 @@ def size_check(routing: Mapping[str, Any], solution: Path) -> dict[str, Any] | N
 
 def calibration_key(record: Mapping[str, Any]) -> dict[str, Any]:
     """What must match between a holdout run and a submission for the holdout to speak for
-    it: the members (with weights), the tuning records' source, TTA, size passes."""
+    it: the members (with weights), the tuning records' source, TTA, size passes and survey
+    factors (the engine is left out: engines agree within their tolerance)."""
     members = {t: [(m["member"], m["weight"]) for m in e.get("members", [])] for t, e in record["ensemble"].items()}
     return {"members": members, "tta": record["tta"], "size_passes": record["size_passes"],
+            "survey_factors": [float(f) for f in record.get("survey_factors", (1.0, 0.5, 0.25))],
             "recipe": record["recipe"]}
 
 

@@ -92,6 +92,10 @@ class SubmitOptions:
         calibration: with ``solution``: write the holdout calibration here (per image type,
             score and distance to the training conditions); without: read it and record the
             submission's ``expected_score`` (:mod:`competition.expected`).
+        survey_factors: resize factors of the first nucleus-size pass (None: the predictor's
+            default, native, half and quarter size).
+        engine: what runs the network (:data:`competition.predict.engines.ENGINES`; ``auto``:
+            the fastest installed on the CPU, PyTorch on CUDA).
         cache_dir: keep every image's result (objects, routing, features) here as it is done,
             keyed by the ensemble, its weights and the prediction settings, so an
             interrupted run resumes from the images already predicted; None: no cache.
@@ -116,6 +120,8 @@ class SubmitOptions:
     crossfit: bool = False
     calibration: Path | None = None
     cache_dir: Path | None = None
+    engine: str = "auto"
+    survey_factors: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -345,17 +351,19 @@ class _ImageCache:
             json.dump(entry, fh)
 
 
-def cache_key(ensemble, opts: SubmitOptions, tiling, device) -> dict[str, Any]:
+def cache_key(ensemble, opts: SubmitOptions, tiling, device, engine: str = "torch") -> dict[str, Any]:
     """What decides an image's result: the ensemble file, each routed member's weights (size
-    and modification time), TTA, size passes, tiling, cross-fitting and the device type."""
+    and modification time), TTA, size passes, tiling, cross-fitting, the device type and the
+    engine."""
     weights = {}
     for key in ensemble.routed_member_keys():
         best = ensemble.member_folder(key) / "best.pt"
         stat = best.stat() if best.exists() else None
         weights[key] = None if stat is None else [stat.st_size, stat.st_mtime_ns]
     return {"ensemble": ensemble.to_dict(), "weights": weights, "tta": opts.tta, "size_passes": opts.size_passes,
+            "survey_factors": opts.survey_factors,
             "tiling": [tiling.tile_size, tiling.overlap, tiling.max_side], "crossfit": opts.crossfit,
-            "device": str(device.type), "git": git_commit()}
+            "device": str(device.type), "engine": engine, "git": git_commit()}
 
 
 def _progress(total: int, initial: int):
@@ -491,12 +499,13 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     set_threads(opts.threads)
     tiling = opts.tiling or Tiling()
     predictor = EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader,
-                                  size_passes=opts.size_passes)
+                                  size_passes=opts.size_passes, engine=opts.engine, threads=opts.threads,
+                                  survey_factors=opts.survey_factors)
     workers = opts.postprocess_workers
     if workers is None:
         workers = 1 if predictor.device.type == "cuda" else 0
     log.info("predicting %d test images of %s with %s", len(ids), split, opts.recipe)
-    cache = _ImageCache(opts.cache_dir, {**cache_key(ensemble, opts, tiling, predictor.device), "split": str(split)})
+    cache = _ImageCache(opts.cache_dir, {**cache_key(ensemble, opts, tiling, predictor.device, predictor.engine), "split": str(split)})
     pred = _predict_all(predictor, ensemble, split, ids, problems, strict=opts.strict, workers=workers,
                         crossfit=opts.crossfit, cache=cache)
     t_predicted = time.perf_counter()
@@ -535,8 +544,10 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "tiling": {"tile_size": tiling.tile_size, "overlap": tiling.overlap, "max_side": tiling.max_side,
                    "batch_size": tiling.batch_size},
         "device": str(predictor.device),
+        "engine": predictor.engine,
         "threads": torch_threads(),
         "size_passes": opts.size_passes,
+        "survey_factors": list(predictor.survey_factors),
         "git_commit": git_commit(),
         "n_images": len(ids),
         "n_objects": n_objects,

@@ -211,7 +211,7 @@ def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_p
     nets: list[BrightNet] = []
     label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px across
     image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
-    predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets))
+    predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets), engine="torch")
     probs, route = predictor.predict(image)
     assert probs.shape == (3, 96, 96)
     assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
@@ -236,7 +236,7 @@ def test_size_passes_count_the_passes_before_the_final_one(tmp_path):
     image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
     for passes in (1, 2, 3):
         nets: list[BrightNet] = []
-        predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
+        predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets), engine="torch",
                                       size_passes=passes)
         _, route = predictor.predict(image)
         assert len(nets[0].seen) == passes + 2  # + the half-size survey in the first pass

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--tta", choices=("none", "flips", "d4"), default="none", help="test-time augmentation")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                        help="what runs the network (auto: the fastest installed on the CPU, torch on CUDA)")
     parser.add_argument("--probs", action="store_true", help="also write <id>.npz with the probabilities (float16)")
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     items = _images(args.images)
     ensemble = load_ensemble(args.models, args.recipe)
-    predictor = EnsemblePredictor(ensemble, device=args.device, tta=args.tta)
+    predictor = EnsemblePredictor(ensemble, device=args.device, tta=args.tta, engine=args.engine)
     routing: dict[str, dict] = {}
     n_failed = 0
     for (image_id, _), image, error in prefetch(items, lambda item: read_image(item[1])):

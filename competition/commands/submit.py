@@ -20,12 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred = parser.add_argument_group("prediction")
     pred.add_argument("--tta", choices=("none", "flips", "d4"), default="none", help="test-time augmentation")
     pred.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    pred.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                      help="what runs the network (auto: the fastest installed on the CPU, torch on CUDA)")
     pred.add_argument("--tile-size", type=int, default=512, help="window side for large images (multiple of 32)")
     pred.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring windows (multiple of 32)")
     pred.add_argument("--max-side", type=int, default=1024, help="images with a side above this are tiled (validation predicted whole images up to 1024)")
     pred.add_argument("--batch-size", type=int, default=4, help="windows x TTA views per forward pass")
     pred.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; 1 is faster when the cores are busy with other work)")
     pred.add_argument("--size-passes", type=int, default=2, help="passes without TTA that estimate the nucleus size, for members trained at a nucleus_diameter")
+    pred.add_argument("--survey-factors", type=float, nargs="+", metavar="F",
+                      help="resize factors of the first nucleus-size pass (default: 1 0.5 0.25)")
     pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
     pred.add_argument("--cache-dir", default="build/predict-cache",
                       help="per-image results, so an interrupted run resumes where it stopped ('' disables)")
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         crossfit=args.crossfit,
         calibration=args.calibration,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        engine=args.engine,
+        survey_factors=tuple(args.survey_factors) if args.survey_factors else None,
     )
     result = make_submission(options)
     for line in format_summary(result):

@@ -97,6 +97,14 @@ class EnsemblePredictor:
             TTA estimate the nucleus size before the final pass (1: one native-scale pass;
             2: a second pass at the first estimate re-measures it, which corrects the first
             pass where nuclei far from the member's size merge or break up).
+        engine: what runs the forward passes, one of
+            :data:`~competition.predict.engines.ENGINES` (``auto``: by measurement, see
+            :func:`~competition.predict.engines.resolve_engine`).
+        precision: override every member's ``precision`` (``fp32`` for the float32
+            reference of ``make bench``); None: each member's own.
+        threads: CPU threads of the ONNX Runtime / OpenVINO engines (default: torch's).
+        survey_factors: the resize factors of the first size pass (default
+            :data:`SURVEY_FACTORS` beside the native size, ``(1.0, 0.5, 0.25)``).
     """
 
     def __init__(
@@ -108,19 +116,30 @@ class EnsemblePredictor:
         tiling: Tiling = Tiling(),
         loader=None,
         size_passes: int = 2,
+        engine: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        survey_factors: Sequence[float] | None = None,
     ) -> None:
+        from competition.predict.engines import make_engine, resolve_engine
+
         tta_transforms(tta)  # validates
         if size_passes < 1:
             raise UserError(f"size_passes must be >= 1, got {size_passes}")
         self.size_passes = int(size_passes)
+        self.survey_factors = tuple(float(f) for f in (survey_factors or (1.0, *SURVEY_FACTORS)))
+        if not self.survey_factors or any(not 0 < f <= 4 for f in self.survey_factors):
+            raise UserError(f"survey factors must lie in (0, 4], got {list(self.survey_factors)}")
         self.ensemble = ensemble
         self.device = resolve_device(device)
+        resolve_engine(engine, self.device)  # validates before any member is loaded
         self.tta = tta
         self.tiling = tiling
         self.timings = PredictorTimings()
         if loader is None:
             from competition.train.members import load_member as loader
         self.members: dict[str, LoadedMember] = {}
+        self.engines: dict[str, str] = {}  # member key -> the engine that runs it
         for key in ensemble.routed_member_keys():
             folder = ensemble.member_folder(key)
             try:
@@ -132,7 +151,15 @@ class EnsemblePredictor:
             model.eval()
             if self.device.type == "cuda":
                 model.to(memory_format=torch.channels_last)
-            self.members[key] = LoadedMember(key, Path(folder), model, config)
+            if precision is not None:
+                config = {**config, "member": {**(config.get("member") or {}), "precision": precision}}
+            member = LoadedMember(key, Path(folder), model, config)
+            name = resolve_engine(engine, self.device, member.precision)
+            if name != "torch":
+                member.engine = make_engine(name, model, folder=folder, arch=str(config.get("arch", "net")),
+                                            device=self.device, precision=member.precision, threads=threads)
+            self.engines[key] = name
+            self.members[key] = member
         channels = {m.channels for m in self.members.values()}
         if len(channels) > 1:
             raise UserError(
@@ -140,10 +167,13 @@ class EnsemblePredictor:
                 + "; ".join(f"{k}: {list(m.channels)}" for k, m in self.members.items())
             )
         self.channels: tuple[str, ...] = channels.pop() if channels else ()
+        #: the engine(s) used, for records: one name, or several joined by "+"
+        self.engine = "+".join(sorted(set(self.engines.values()))) or resolve_engine(engine, self.device)
         log.info(
-            "loaded %d member(s) on %s, TTA %s (%d view(s)), tiles %d px (overlap %d) above %d px",
+            "loaded %d member(s) on %s (engine %s), TTA %s (%d view(s)), tiles %d px (overlap %d) above %d px",
             len(self.members),
             self.device,
+            self.engine,
             tta,
             len(tta_transforms(tta)),
             tiling.tile_size,
@@ -197,8 +227,8 @@ class EnsemblePredictor:
     def _estimate_scales(self, image: np.ndarray, route: Route, targets: dict[str, float]) -> Route:
         """Size passes for members trained at a fixed nucleus diameter (no TTA).
 
-        The first pass runs at the native size and at the :data:`SURVEY_FACTORS` below it
-        (a quarter and a sixteenth of the cost): the routed members' mean probabilities,
+        The first pass runs at each of ``survey_factors`` (by default the native size and the
+        :data:`SURVEY_FACTORS` below it, a quarter and a sixteenth of the cost): the routed members' mean probabilities,
         post-processed with the type's parameters, give a median diameter at each factor,
         and the factor at which the nuclei measured closest to the members' own diameter is
         trusted (large, dim nuclei break up at the native size, where they are several
@@ -223,9 +253,9 @@ class EnsemblePredictor:
             return median_diameter(watershed_instances(mean, params, self.channels), min_area=params.min_size)
 
         diameter, best = None, math.inf
-        for factor in (1.0, *SURVEY_FACTORS):
+        for factor in self.survey_factors:
             if min(image.shape[:2]) * factor < 32:
-                break
+                continue
             estimate = measure({k: factor for k, _ in route.members})
             if estimate is None:
                 continue

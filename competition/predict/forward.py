@@ -16,9 +16,10 @@ TTA: the 8 dihedral transforms of the square (:func:`dihedral`); ``flips`` uses 
 keep the shape (identity, horizontal, vertical and both flips), ``d4`` all 8. Each view's
 output is mapped back (:func:`inverse_dihedral`) before averaging.
 
-Precision (a member's ``precision``): float16 autocast and channels_last on CUDA, bfloat16
-autocast and channels_last on the CPU for ``bf16`` members, float32 otherwise; always under
-``torch.inference_mode``.
+The forward pass itself is an engine's (:mod:`competition.predict.engines`): PyTorch with the
+member's ``precision`` (float16 autocast and channels_last on CUDA, bfloat16 autocast and
+channels_last on the CPU for ``bf16`` members, float32 otherwise; under
+``torch.inference_mode``), ONNX Runtime or OpenVINO.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ class NetworkTimer:
 
 
 def predict_network(
-    net: nn.Module,
+    net,
     x: np.ndarray,
     *,
     tta: str = "none",
@@ -295,15 +296,17 @@ def predict_network(
     solutions did.
 
     Args:
-        net: the network (eval mode is set here); ``net(x)`` maps N×3×H×W to N×C×H×W logits
-            for H, W multiples of 32.
+        net: the network (an ``nn.Module``, run by
+            :class:`~competition.predict.engines.TorchEngine` in eval mode; ``net(x)`` maps
+            N×3×H×W to N×C×H×W logits for H, W multiples of 32), or an engine of
+            :mod:`competition.predict.engines` (batch -> probabilities).
         x: 3×H×W float32 normalised input (:func:`competition.predict.preprocess.normalise`).
         tta: one of :data:`TTA_MODES`.
         tiling: window size, overlap, the whole-image limit and the batch size.
-        device: default: the network's device.
+        device: default: the network's device (``nn.Module`` only).
         timer: accumulates the forward-pass seconds, when given.
         margin: the member's training margin (its crops' ``pad``).
-        precision: the member's ``precision`` (``auto``, ``bf16``, ``fp32``).
+        precision: the member's ``precision`` (``auto``, ``bf16``, ``fp32``; ``nn.Module`` only).
 
     Returns:
         C×H×W float32 probabilities.
@@ -312,10 +315,10 @@ def predict_network(
     """
     if x.ndim != 3:
         raise ValueError(f"predict_network expects a 3×H×W input, got shape {x.shape}")
-    net.eval()
-    if device is None:
-        device = next(net.parameters()).device
-    device = torch.device(device)
+    if isinstance(net, nn.Module):
+        from competition.predict.engines import TorchEngine
+
+        net = TorchEngine(net, device, precision)
     transforms = tta_transforms(tta)
     _, height, width = x.shape
     padded, (top, left) = pad_for_network(np.asarray(x, dtype=np.float32), margin)
@@ -337,7 +340,7 @@ def predict_network(
             batch = torch.stack(
                 [dihedral(source[:, w.top : w.top + w.height, w.left : w.left + w.width], k) for w, k in chunk]
             )
-            probs = _forward(net, batch, device, timer, precision)
+            probs = _forward(net, batch, timer)
             for (w, k), p in zip(chunk, probs):
                 p = inverse_dihedral(p, k).numpy()
                 if acc is None:
@@ -351,22 +354,11 @@ def predict_network(
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _forward(net: nn.Module, batch: torch.Tensor, device: torch.device, timer: NetworkTimer | None,
-             precision: str = "auto") -> torch.Tensor:
-    """Sigmoid of the network's logits for a batch, returned on the CPU as float32."""
-    from competition.network import autocast_for, uses_channels_last
-
+def _forward(engine, batch: torch.Tensor, timer: NetworkTimer | None) -> torch.Tensor:
+    """The engine's probabilities for a batch (CPU float32), timed."""
     t0 = time.perf_counter()
-    xb = batch.to(device, non_blocking=True)
-    if uses_channels_last(device, precision):
-        xb = xb.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        with autocast_for(device, precision):
-            logits = net(xb)
-        probs = torch.sigmoid(logits.float()).detach().cpu()
+    probs = engine(batch)
     if timer is not None:
-        timer.seconds += time.perf_counter() - t0  # .cpu() synchronises on CUDA
+        timer.seconds += time.perf_counter() - t0
         timer.n_forward += 1
     return probs
-
-

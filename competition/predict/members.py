@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +31,15 @@ class LoadedMember:
         model: the network (eval mode, on the predictor's device).
         config: the member's ``config.json`` dict (``channels``, ``mean``, ``std``,
             ``invert``, ...).
+        engine: what runs its forward passes (:mod:`competition.predict.engines`); None:
+            ``model`` in PyTorch with the member's precision.
     """
 
     key: str
     folder: Path
     model: nn.Module
     config: dict
+    engine: Any = None
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -63,16 +67,15 @@ def predict_member(
 ) -> np.ndarray:
     """One member's probabilities for one image: normalise (with the member's invert
     decision, taken on the whole image), then :func:`~competition.predict.forward.predict_network`
-    with the member's training margin and precision.
+    with the member's training margin, precision and engine.
 
     Shapes: image (H, W, 3) uint8 -> probs (C, H, W) float32.
     """
     config = member.config
     x = normalise(image, invert_for(image, config), config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD))
-    return predict_network(member.model, x, tta=tta, tiling=tiling, device=device, timer=timer,
+    net = member.model if member.engine is None else member.engine
+    return predict_network(net, x, tta=tta, tiling=tiling, device=device, timer=timer,
                            margin=margin_of(config), precision=member.precision)
-
-
 
 
 def predict_scaled(
