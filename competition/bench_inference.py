@@ -1,28 +1,55 @@
-"""Inference speed: predict + post-process + encode the stage-1 test images with a recipe's
-ensemble, without and with flip TTA.
+"""Inference speed: the whole submit pipeline (predict + post-process + encode) of a recipe's
+ensemble, on the stage-1 test images and on a generated set shaped like stage 2, against
+today's float32 PyTorch path measured in the same run.
 
-Reports images per second and the share of the time spent in the network (forward passes),
-in the rest of the ensemble prediction (normalisation, tiling, blending), in post-processing
-(watershed) and in run-length encoding. Image reading is done before the clock starts. Target
-for the ``cpu`` recipe: the 65 images with flip TTA in at most 2 minutes on 2 CPU cores.
+- Stage 1 (:func:`bench_inference`): the 65 test images with each TTA mode on the default
+  engine (``auto``), and with flips on the float32 PyTorch reference; images per second and
+  the share of the time spent in the network (forward passes), in the rest of the ensemble
+  prediction (normalisation, tiling, blending), in post-processing (watershed) and in
+  run-length encoding. Image reading is done before the clock starts.
+- Stage-2-like (:func:`bench_stage2`): ``n`` images drawn by :mod:`competition.synth` at the
+  sizes of :data:`STAGE2_SHAPES` (256 px to 2560 px sides) with nuclei from about 8 to 90
+  px, predicted with flips; seconds per image and per megapixel, the projection to
+  :data:`STAGE2_IMAGES` images, and the ratio against the reference on every k-th image.
+- Peak memory (:func:`peak_memory`): a fresh process predicting the largest shape, its
+  maximum resident set size.
 
-Run: ``python -m competition.bench_inference --models models --recipe cpu --data DATA_DIR``.
+Run: ``python -m competition.bench_inference --models models --recipe cpu --data DATA_DIR``
+(``make bench``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InferenceTiming", "bench_inference", "main"]
+__all__ = ["InferenceTiming", "Stage2Report", "STAGE2_SHAPES", "STAGE2_IMAGES", "bench_inference", "bench_stage2",
+           "stage2_like", "peak_memory", "main"]
 
+#: Images in the competition's final stage (``stage2_test_final``), all of which must be predicted.
+STAGE2_IMAGES = 3019
+
+#: (height, width, share) of the generated stage-2-like set: the stage-1 sizes (256×256,
+#: 256×320, 360×360, 512×640, 520×696, 603×1272, 1024×1024, 1040×1388) and larger scans
+#: up to 2560×2560. Stage 2's own size spread is not published with the data here; this
+#: table leans to the large side (0.58 MP an image on average, 2.3× stage 1's 0.25).
+STAGE2_SHAPES = (
+    (256, 256, 0.15), (256, 320, 0.15), (360, 360, 0.05), (512, 640, 0.20), (520, 696, 0.15),
+    (603, 1272, 0.05), (1024, 1024, 0.12), (1040, 1388, 0.10), (1500, 2000, 0.02), (2560, 2560, 0.01),
+)
+
+#: Image types of the generated set (stage 2 brought many stained and brightfield images).
+STAGE2_KINDS = (("fluorescence", 0.5), ("histology", 0.35), ("brightfield", 0.15))
 
 @dataclass(frozen=True)
 class InferenceTiming:
@@ -39,6 +66,7 @@ class InferenceTiming:
         n_objects: objects found.
         size_pass_s: part of ``network_s``..``predict_s``: the passes that estimate the
             nucleus size (members trained at a ``nucleus_diameter``).
+        engine: the engine(s) that ran the network, ``+ fp32`` for the reference.
     """
 
     tta: str
@@ -50,6 +78,7 @@ class InferenceTiming:
     encode_s: float
     n_objects: int
     size_pass_s: float = 0.0
+    engine: str = "torch"
 
     @property
     def images_per_s(self) -> float:
@@ -59,12 +88,54 @@ class InferenceTiming:
         share = lambda s: 100.0 * s / self.total_s if self.total_s > 0 else 0.0  # noqa: E731
         other = self.predict_s - self.network_s
         return (
-            f"inference TTA {self.tta:<5} {self.n_images:3d} images {self.total_s:7.1f} s "
+            f"inference {self.engine:<16} TTA {self.tta:<5} {self.n_images:3d} images {self.total_s:7.1f} s "
             f"({self.images_per_s:5.2f} img/s): network {share(self.network_s):4.1f}%, "
             f"tiling/normalise/blend {share(other):4.1f}%, post-processing {share(self.postprocess_s):4.1f}%, "
             f"encoding {share(self.encode_s):4.1f}%; {self.n_objects} objects"
             + (f"; size passes {share(self.size_pass_s):4.1f}% of the time" if self.size_pass_s else "")
         )
+
+
+def _predictor(ensemble, *, device, tta, tiling, loader, engine, precision=None):
+    from competition.predict import EnsemblePredictor, Tiling
+
+    return EnsemblePredictor(ensemble, device=device, tta=tta, tiling=tiling or Tiling(), loader=loader,
+                             engine=engine, precision=precision)
+
+
+def _label(predictor, precision) -> str:
+    return predictor.engine + (f" {precision}" if precision else "")
+
+
+@dataclass
+class _Clock:
+    """Seconds of one predictor over a run of images, per stage and per image."""
+
+    post: float = 0.0
+    encode: float = 0.0
+    n_objects: int = 0
+    per_image: list[float] = field(default_factory=list)
+
+    def run(self, predictor, ensemble, image) -> float:
+        from competition.postprocess import watershed_instances
+        from competition.rle import label_to_rles
+
+        t0 = time.perf_counter()
+        probs, route = predictor.predict(image)
+        t1 = time.perf_counter()
+        label = watershed_instances(probs, ensemble.params_for(route.image_type)[0], predictor.channels)
+        t2 = time.perf_counter()
+        self.n_objects += len(label_to_rles(label))
+        t3 = time.perf_counter()
+        self.post += t2 - t1
+        self.encode += t3 - t2
+        self.per_image.append(t3 - t0)
+        return t3 - t0
+
+    def timing(self, predictor, tta: str, label: str) -> InferenceTiming:
+        return InferenceTiming(tta, len(self.per_image), sum(self.per_image), predictor.timings.network.seconds,
+                               predictor.timings.predict, self.post, self.encode, self.n_objects,
+                               predictor.timings.size_estimate, label)
 
 
 def bench_inference(
@@ -79,6 +150,8 @@ def bench_inference(
     tiling=None,
     loader=None,
     threads: int | None = None,
+    engine: str = "auto",
+    reference: str | None = "flips",
 ) -> list[InferenceTiming]:
     """Time the ensemble of ``recipe`` on the test images of ``data_dir``.
 
@@ -87,22 +160,22 @@ def bench_inference(
         recipe: recipe name.
         data_dir: DATA_DIR with ``<stage>_test``.
         n_images: the first N test images (sorted by id); default all (65 for stage 1).
-        tta: TTA modes to time, one line each.
+        tta: TTA modes to time on ``engine``, one line each.
         device: ``auto``, ``cpu`` or ``cuda``.
         stage: ``stage1`` or ``stage2``.
         tiling: :class:`competition.predict.Tiling` (default: the default tiling).
         loader: member loader (tests).
         threads: torch CPU threads (default: torch's); see
             :func:`competition.predict.set_threads`.
+        engine: the engine timed (:data:`competition.predict.engines.ENGINES`).
+        reference: also time this TTA mode on float32 PyTorch (today's path), last; None: not.
 
     Returns:
-        One :class:`InferenceTiming` per TTA mode.
+        One :class:`InferenceTiming` per TTA mode, then the reference's.
     """
     from competition.data.io import read_image
     from competition.ensemble import load_ensemble
-    from competition.predict import EnsemblePredictor, Tiling, set_threads
-    from competition.postprocess import watershed_instances
-    from competition.rle import label_to_rles
+    from competition.predict import set_threads
     from competition.submit import find_test_split, image_path, list_test_ids
 
     split, sample = find_test_split(data_dir, stage)
@@ -110,34 +183,177 @@ def bench_inference(
     images = [read_image(image_path(split, i)) for i in ids]
     ensemble = load_ensemble(models_dir, recipe, create=False)
     set_threads(threads)
+    runs = [(mode, engine, None) for mode in tta] + ([(reference, "torch", "fp32")] if reference else [])
     timings = []
-    for mode in tta:
-        predictor = EnsemblePredictor(ensemble, device=device, tta=mode, tiling=tiling or Tiling(), loader=loader)
+    for mode, run_engine, precision in runs:
+        predictor = _predictor(ensemble, device=device, tta=mode, tiling=tiling, loader=loader, engine=run_engine,
+                               precision=precision)
         if predictor.device.type == "cuda":  # warm-up: cuDNN autotuning is not inference time
             predictor.predict(images[0])
-            predictor = EnsemblePredictor(ensemble, device=device, tta=mode, tiling=tiling or Tiling(), loader=loader)
-        post = encode = 0.0
-        n_objects = 0
-        started = time.perf_counter()
+            predictor = _predictor(ensemble, device=device, tta=mode, tiling=tiling, loader=loader,
+                                   engine=run_engine, precision=precision)
+        clock = _Clock()
         for image in images:
-            probs, route = predictor.predict(image)
-            t0 = time.perf_counter()
-            label = watershed_instances(probs, ensemble.params_for(route.image_type)[0], predictor.channels)
-            t1 = time.perf_counter()
-            n_objects += len(label_to_rles(label))
-            t2 = time.perf_counter()
-            post += t1 - t0
-            encode += t2 - t1
-        total = time.perf_counter() - started
-        timing = InferenceTiming(mode, len(images), total, predictor.timings.network.seconds, predictor.timings.predict,
-                                 post, encode, n_objects, predictor.timings.size_estimate)
+            clock.run(predictor, ensemble, image)
+        timing = clock.timing(predictor, mode, _label(predictor, precision))
         log.info("%s", timing.line())
         timings.append(timing)
     return timings
 
 
+# ----------------------------------------------------------------------------- stage-2-like
+
+
+def stage2_like(n: int, seed: int = 0) -> Iterator[tuple[str, "object"]]:
+    """``n`` generated images (id, H×W×3 uint8) at the sizes of :data:`STAGE2_SHAPES`.
+
+    Each image is drawn by :func:`competition.synth.draw_image` at its size divided by a
+    factor ``f`` (log-uniform in 0.6..2.6) and resized by ``f``, so its nuclei measure about
+    8 to 90 px across like stage 1's. Seeded: the same ``n`` and ``seed`` give the same images.
+    """
+    import numpy as np
+
+    from competition.scale import resize_image
+    from competition.synth import draw_image
+
+    rng = np.random.default_rng(seed)
+    shares = np.array([s for *_, s in STAGE2_SHAPES], dtype=float)
+    kinds, kind_p = zip(*STAGE2_KINDS)
+    for i in range(n):
+        height, width, _ = STAGE2_SHAPES[int(rng.choice(len(STAGE2_SHAPES), p=shares / shares.sum()))]
+        kind = str(rng.choice(kinds, p=np.array(kind_p) / sum(kind_p)))
+        f = math.exp(rng.uniform(math.log(0.6), math.log(2.6)))
+        base = (max(32, round(height / f)), max(32, round(width / f)))
+        image, _ = draw_image(kind, base, rng)
+        image = resize_image(image, height / base[0]) if base[0] != height else image
+        image = image[:height, :width]
+        if image.shape[:2] != (height, width):  # rounding: pad by reflection to the exact size
+            image = np.pad(image, ((0, height - image.shape[0]), (0, width - image.shape[1]), (0, 0)), mode="reflect")
+        yield f"s2like{i:04d}", image
+
+
+@dataclass(frozen=True)
+class Stage2Report:
+    """The stage-2-like run.
+
+    Attributes:
+        n_images: images predicted by the engine timed.
+        megapixels: their total size.
+        total_s: seconds (predict + post-process + encode) of the engine timed.
+        n_reference: images also predicted by the float32 PyTorch reference (every k-th).
+        reference_s: the reference's seconds on those.
+        fast_on_reference_s: the timed engine's seconds on the same images.
+        engine: the engine(s) timed.
+        tta: the TTA mode.
+        largest: (height, width) of the largest image.
+    """
+
+    n_images: int
+    megapixels: float
+    total_s: float
+    n_reference: int
+    reference_s: float
+    fast_on_reference_s: float
+    engine: str
+    tta: str
+    largest: tuple[int, int]
+
+    @property
+    def s_per_image(self) -> float:
+        return self.total_s / max(self.n_images, 1)
+
+    @property
+    def s_per_mp(self) -> float:
+        return self.total_s / max(self.megapixels, 1e-9)
+
+    @property
+    def projected_min(self) -> float:
+        return self.s_per_image * STAGE2_IMAGES / 60
+
+    @property
+    def ratio(self) -> float:
+        return self.reference_s / self.fast_on_reference_s if self.fast_on_reference_s > 0 else float("nan")
+
+    def lines(self) -> list[str]:
+        ref_per_image = self.reference_s / max(self.n_reference, 1)
+        fast_per_image = self.fast_on_reference_s / max(self.n_reference, 1)
+        return [
+            f"stage-2-like {self.engine:<16} TTA {self.tta:<5} {self.n_images:4d} images ({self.megapixels:.1f} MP, "
+            f"largest {self.largest[0]}x{self.largest[1]}): {self.total_s:7.1f} s, {self.s_per_image:.2f} s/image, "
+            f"{self.s_per_mp:.2f} s/MP; projected {STAGE2_IMAGES} images: {self.projected_min:.0f} min",
+            f"stage-2-like reference torch fp32 on {self.n_reference} of them: {ref_per_image:.2f} s/image against "
+            f"{fast_per_image:.2f} s/image: {self.ratio:.2f}x faster; reference projected {STAGE2_IMAGES} images: "
+            f"{self.projected_min * self.ratio:.0f} min",
+        ]
+
+
+def bench_stage2(models_dir: str | Path, recipe: str, n_images: int = 300, *, every: int = 6, tta: str = "flips",
+                 device: str = "auto", engine: str = "auto", threads: int | None = None, seed: int = 0,
+                 tiling=None, loader=None) -> Stage2Report:
+    """Time the ensemble on :func:`stage2_like` images, and the float32 PyTorch reference on
+    every ``every``-th of them (``every`` 0: no reference). Drawing the images is not timed."""
+    from competition.ensemble import load_ensemble
+    from competition.predict import set_threads
+
+    ensemble = load_ensemble(models_dir, recipe, create=False)
+    set_threads(threads)
+    fast = _predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine=engine)
+    ref = _predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine="torch",
+                     precision="fp32") if every else None
+    fast_clock, ref_clock = _Clock(), _Clock()
+    fast_on_ref, megapixels, largest = 0.0, 0.0, (0, 0)
+    for i, (_, image) in enumerate(stage2_like(n_images, seed)):
+        megapixels += image.shape[0] * image.shape[1] / 1e6
+        largest = max(largest, image.shape[:2], key=lambda s: s[0] * s[1])
+        seconds = fast_clock.run(fast, ensemble, image)
+        if ref is not None and i % every == 0:
+            ref_clock.run(ref, ensemble, image)
+            fast_on_ref += seconds
+        if (i + 1) % 25 == 0:
+            log.info("stage-2-like: %d/%d images, %.1f s", i + 1, n_images, sum(fast_clock.per_image))
+    return Stage2Report(len(fast_clock.per_image), megapixels, sum(fast_clock.per_image), len(ref_clock.per_image),
+                        sum(ref_clock.per_image), fast_on_ref, fast.engine, tta, tuple(largest))
+
+
+def peak_memory(models_dir: str | Path, recipe: str, shape: tuple[int, int] = STAGE2_SHAPES[-1][:2], *,
+                tta: str = "flips", engine: str = "auto", threads: int | None = None) -> dict:
+    """Maximum resident set size of a fresh process that loads the ensemble and predicts
+    (and post-processes) one generated image of ``shape``: ``{"shape", "peak_rss_mb", "seconds"}``."""
+    command = [sys.executable, "-m", "competition.bench_inference", "--models", str(models_dir), "--recipe", recipe,
+               "--engine", engine, "--tta", tta, "--_one-image", f"{shape[0]}x{shape[1]}"]
+    if threads:
+        command += ["--threads", str(threads)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"peak-memory run failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str, threads) -> dict:
+    """The child of :func:`peak_memory`."""
+    import resource
+
+    import numpy as np
+
+    from competition.ensemble import load_ensemble
+    from competition.predict import set_threads
+    from competition.synth import draw_image
+
+    set_threads(threads)
+    ensemble = load_ensemble(models_dir, recipe, create=False)
+    image, _ = draw_image("histology", shape, np.random.default_rng(0))
+    predictor = _predictor(ensemble, device="cpu", tta=tta, tiling=None, loader=None, engine=engine)
+    t0 = time.perf_counter()
+    _Clock().run(predictor, ensemble, image)
+    seconds = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return {"shape": list(shape), "engine": predictor.engine, "tta": tta, "peak_rss_mb": round(peak_kb / 1024, 1),
+            "seconds": round(seconds, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: print one line per TTA mode."""
+    """Command line: stage-1 lines (one per TTA mode, then the reference), the stage-2-like
+    lines and the peak memory."""
     parser = argparse.ArgumentParser(prog="python -m competition.bench_inference", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--models", type=Path, default=Path("models"), help="models folder")
@@ -146,19 +362,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-images", type=int, help="time only the first N test images")
     parser.add_argument("--tta", nargs="+", default=["none", "flips"], choices=("none", "flips", "d4"))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
+    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"))
+    parser.add_argument("--no-reference", action="store_true", help="skip the float32 PyTorch reference")
+    parser.add_argument("--stage2-like", type=int, default=300, metavar="N",
+                        help="generated stage-2-like images to time (0: skip)")
+    parser.add_argument("--reference-every", type=int, default=6, metavar="K",
+                        help="time the reference on every K-th stage-2-like image")
+    parser.add_argument("--no-peak-memory", action="store_true", help="skip the peak-memory run")
+    parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from competition.errors import UserError
 
     try:
+        if args.one_image:
+            height, width = (int(v) for v in args.one_image.split("x"))
+            print(json.dumps(_one_image(args.models, args.recipe, (height, width), args.tta[-1], args.engine,
+                                        args.threads)))
+            return 0
         timings = bench_inference(args.models, args.recipe, args.data, args.n_images, args.tta, device=args.device,
-                                  threads=args.threads)
+                                  threads=args.threads, engine=args.engine,
+                                  reference=None if args.no_reference else "flips")
+        for timing in timings:
+            print(timing.line(), flush=True)
+        fast = {t.tta: t for t in timings[: len(args.tta)]}
+        if not args.no_reference and "flips" in fast:
+            ref = timings[-1]
+            print(f"stage 1 flips: {fast['flips'].engine} {fast['flips'].total_s:.1f} s against torch fp32 "
+                  f"{ref.total_s:.1f} s: {ref.total_s / fast['flips'].total_s:.2f}x faster", flush=True)
+        if args.stage2_like:
+            report = bench_stage2(args.models, args.recipe, args.stage2_like, every=0 if args.no_reference else
+                                  args.reference_every, device=args.device, engine=args.engine, threads=args.threads)
+            for line in report.lines()[: 1 if args.no_reference else 2]:
+                print(line, flush=True)
+        if not args.no_peak_memory:
+            peak = peak_memory(args.models, args.recipe, engine=args.engine, threads=args.threads)
+            print(f"peak memory: {peak['peak_rss_mb'] / 1024:.2f} GB resident predicting one "
+                  f"{peak['shape'][0]}x{peak['shape'][1]} image ({peak['engine']}, TTA {peak['tta']}, "
+                  f"{peak['seconds']:.1f} s)")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for timing in timings:
-        print(timing.line())
     return 0
 
 

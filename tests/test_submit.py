@@ -442,15 +442,37 @@ def test_predict_command_writes_labels_and_routing(world, tmp_path):
             assert z["probs"].shape == (3, *label.shape)
 
 
-def test_bench_inference_reports_each_tta_mode(world):
+def test_bench_inference_reports_each_tta_mode_and_the_float32_reference(world):
     from competition.bench_inference import bench_inference
 
     timings = bench_inference(world["models"], "standin", world["data"], n_images=1, tta=("none", "flips"), device="cpu",
                               loader=cached_loader)
-    assert [t.tta for t in timings] == ["none", "flips"]
+    assert [t.tta for t in timings] == ["none", "flips", "flips"]
+    assert timings[-1].engine == "torch fp32"
     assert all(t.n_images == 1 for t in timings)
     assert all(0 < t.network_s <= t.predict_s <= t.total_s for t in timings)
     assert "img/s" in timings[1].line()
+
+
+def test_stage2_like_images_follow_the_size_table_and_are_seeded():
+    from competition.bench_inference import STAGE2_SHAPES, stage2_like
+
+    shapes = {(h, w) for h, w, _ in STAGE2_SHAPES}
+    first = list(stage2_like(6, seed=1))
+    assert all(image.shape[:2] in shapes and image.dtype == np.uint8 and image.shape[2] == 3 for _, image in first)
+    again = list(stage2_like(6, seed=1))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(first, again))
+
+
+def test_bench_stage2_projects_the_final_stage_and_times_the_reference(world):
+    from competition.bench_inference import STAGE2_IMAGES, bench_stage2
+
+    report = bench_stage2(world["models"], "standin", 3, every=2, device="cpu", loader=cached_loader,
+                          tiling=None, seed=2)
+    assert report.n_images == 3 and report.n_reference == 2
+    assert report.total_s > 0 and report.reference_s > 0 and report.fast_on_reference_s > 0
+    assert report.projected_min == pytest.approx(report.total_s / 3 * STAGE2_IMAGES / 60)
+    assert "projected 3019 images" in report.lines()[0] and "x faster" in report.lines()[1]
 
 
 # ----------------------------------------------------------------------------- the demo chain
@@ -591,3 +613,41 @@ def test_an_interrupted_submit_resumes_from_its_cache_and_writes_the_same_csv(wo
     resumed = submit(world, tmp_path / "second", cache_dir=cache)
     assert len(calls) == plain.record["n_images"] - 2
     assert resumed.path.read_text() == plain.path.read_text()
+
+
+def test_a_submit_killed_with_sigkill_resumes_and_writes_the_csv_of_an_uninterrupted_run(world, tmp_path):
+    """kill -9 in the middle of the prediction loop (the moment the first image is cached),
+    then the same command again: the same CSV as a run never interrupted, no partial file."""
+    import os
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    make_dataset(data, n_test_per_type=4, seed=3)  # 12 test images
+
+    def command(out: Path, cache: Path) -> list[str]:
+        return [sys.executable, "-m", "competition", "submit", "--recipe", "standin", "--data", str(data),
+                "--models", str(world["models"]), "--out-dir", str(out), "--cache-dir", str(cache),
+                "--device", "cpu", "--threads", "1", "--engine", "torch", "--tta", "flips"]
+
+    plain = subprocess.run(command(tmp_path / "plain", tmp_path / "plain-cache"), cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(command(tmp_path / "killed", cache), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(cache.glob("*/*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    n_cached = len(list(cache.glob("*/*.json")))
+    assert 1 <= n_cached < 12
+    assert not list((tmp_path / "killed").rglob("*.csv")), "no CSV, partial or whole, from the killed run"
+    again = subprocess.run(command(tmp_path / "killed", cache), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{n_cached} image(s) taken from the cache" in again.stderr
+    [first] = (tmp_path / "plain").glob("*.csv")
+    [resumed] = (tmp_path / "killed").glob("*.csv")
+    assert resumed.read_text() == first.read_text()
