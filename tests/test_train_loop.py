@@ -214,6 +214,27 @@ def test_training_is_deterministic_on_cpu(trained, data, tmp_path):
     assert not same_weights(weights(tmp_path / "other" / "last.pt"), weights(out_full / "last.pt"))
 
 
+def test_pinned_threads_train_the_member_and_are_restored_and_recorded(data, tmp_path, monkeypatch):
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n))[1])
+    before = torch.get_num_threads()
+    fit(member(threads=1, epochs=1), data, tmp_path / "m", "cpu", channels=CHANNELS)
+    assert seen == [1, before] and torch.get_num_threads() == before
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["torch_threads"] == 1 and config["member"]["threads"] == 1
+    assert len(config["code_hash"]) == 16 and config["cpu_capability"]
+
+
+def test_a_run_from_before_a_new_member_key_still_resumes(data, tmp_path):
+    out = tmp_path / "m"
+    fit(member(), data, out, "cpu", channels=CHANNELS, stop_after=1)
+    config = json.loads((out / "config.json").read_text())
+    del config["member"]["threads"]  # written by code that did not know the key
+    (out / "config.json").write_text(json.dumps(config))
+    assert fit(member(), data, out, "cpu", channels=CHANNELS)["finished"] is True
+
+
 def test_changed_config_refuses_to_resume(data, tmp_path):
     fit(member(), data, tmp_path / "m", "cpu", channels=CHANNELS, stop_after=1)
     with pytest.raises(UserError, match="different member config"):

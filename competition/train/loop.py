@@ -10,6 +10,7 @@ forward pass (no extra cost).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from competition import git_commit
+from competition import git_commit, source_hash
 from competition.csvio import atomic_write
 from competition.errors import UserError
 from competition.train import distributed as ddp
@@ -361,6 +362,16 @@ def split_member_data(member: Member, data: Sequence[TrainImage]
     return [s for s in mine if s.fold != member.fold], [s for s in mine if s.fold == member.fold]
 
 
+def _same_member(old: Mapping | None, new: Mapping) -> bool:
+    """The member config of a run to resume matches: keys added to :class:`Member` since the
+    old run count as equal when the new config leaves them at their default."""
+    if old is None:
+        return False
+    defaults = Member(type=str(new.get("type", "all")), name=str(new.get("name", "x"))).to_dict()
+    filled = {**{k: v for k, v in new.items() if k not in old and v == defaults.get(k)}, **old}
+    return filled == dict(new)
+
+
 def _member_json(member: Member) -> dict:
     return json.loads(json.dumps(member.to_dict()))
 
@@ -386,7 +397,7 @@ def _format_row(row: dict, best: bool) -> str:
 TABLE_HEADER = "epoch  train_loss  valid_loss  valid_score   lr          dur"
 
 
-def fit(
+def _fit(
     member: Member,
     data: Sequence[TrainImage],
     out_dir: str | Path,
@@ -466,12 +477,14 @@ def fit(
         "samples_per_epoch": n_per_epoch, "steps_per_epoch": steps, "total_steps": total_steps,
         "world_size": info.world, "device": device.type,
         "init_from": member.init_from, "member": _member_json(member),
-        "git_commit": git_commit(), "torch": torch.__version__,
+        "git_commit": git_commit(), "code_hash": source_hash(), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "valid_loss": "whole validation images, no mask, same forward pass as the score",
     }
     if (out_dir / "config.json").is_file() and (out_dir / "last.pt").is_file():
         old = json.loads((out_dir / "config.json").read_text())
-        if old.get("member") != config["member"] or old.get("channels") != config["channels"]:
+        if not _same_member(old.get("member"), config["member"]) or old.get("channels") != config["channels"]:
             raise UserError(f"{out_dir}: started with a different member config; delete the "
                             "folder to retrain, or restore the recipe")
 
@@ -590,6 +603,21 @@ def fit(
                      member.epochs)
     ddp.barrier(info)
     return metrics
+
+
+
+@functools.wraps(_fit)
+def fit(member: Member, data, out_dir, device: torch.device | str = "cpu", **kwargs):
+    threads = member.threads if torch.device(device).type == "cpu" else 0
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+        log.info("%s: %d CPU thread(s), as the recipe pins", member.key, threads)
+    try:
+        return _fit(member, data, out_dir, device, **kwargs)
+    finally:
+        if threads:
+            torch.set_num_threads(before)
 
 
 def _write_metrics(out_dir: Path, member: Member, history: list[dict], best_score: float,

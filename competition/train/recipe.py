@@ -129,6 +129,11 @@ class Member:
             multiplied by a log-uniform factor in [1/scale_jitter, scale_jitter].
         precision: ``"auto"`` (float16 autocast on CUDA, float32 on the CPU), ``"bf16"``
             (bfloat16 autocast and channels_last, training and prediction) or ``"fp32"``.
+        threads: CPU threads torch trains this member with (0: the machine's, or
+            ``--threads``). The CPU kernels split their sums by thread, so the same recipe,
+            seed and data give the same weights only at the same thread count (measured
+            here: bit-identical for a fixed count; 1 against 2 threads differ in the first
+            step's loss in the 4th digit): a recipe that must reproduce pins it.
     """
 
     type: str
@@ -164,6 +169,7 @@ class Member:
     nucleus_diameter: float = 0.0
     scale_jitter: float = 1.0
     precision: str = "auto"
+    threads: int = 0
 
     @property
     def key(self) -> str:
@@ -336,7 +342,7 @@ def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
         if getattr(m, name) < 1:
             raise UserError(f"{where}.{name}: must be >= 1")
     nonneg = ("samples_per_epoch", "freeze_encoder_epochs", "fold", "seed", "num_workers",
-              "boundary_width", "gap_width")
+              "boundary_width", "gap_width", "threads")
     for name in nonneg:
         if getattr(m, name) < 0:
             raise UserError(f"{where}.{name}: must be >= 0")
