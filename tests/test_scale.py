@@ -206,6 +206,7 @@ def recording_loader(nets: list):
 def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_path):
     from competition.ensemble import load_ensemble
     from competition.predict import EnsemblePredictor
+    from competition.predict.ensemble import snap_scale
 
     models = scaled_member(tmp_path)
     nets: list[BrightNet] = []
@@ -216,7 +217,8 @@ def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_p
     assert probs.shape == (3, 96, 96)
     assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
     (key, s), = route.scales
-    assert key == "all/a" and s == pytest.approx(24 / route.diameter)
+    assert key == "all/a" and s == snap_scale(24 / route.diameter)  # rounded to 16 steps per octave
+    assert s == pytest.approx(24 / route.diameter, rel=0.022)
     assert nets[0].seen[0] == (128, 128)  # first pass at the native size, plus the 16 px margins
     assert nets[0].seen[1] == (96, 96)  # the survey at half size (48 + margins); a quarter is too small
     assert nets[0].seen[2][0] > 128  # second pass on the enlarged image
@@ -243,3 +245,14 @@ def test_size_passes_count_the_passes_before_the_final_one(tmp_path):
         assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
     with pytest.raises(UserError, match="size_passes"):
         EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), size_passes=0)
+
+
+def test_snapped_scales_are_on_the_octave_grid_and_close():
+    from competition.predict.ensemble import snap_scale
+
+    for s in (0.26, 0.5, 0.77, 1.0, 1.31, 2.9):
+        snapped = snap_scale(s, 16)
+        assert abs(math.log2(snapped) * 16 - round(math.log2(snapped) * 16)) < 1e-9
+        assert abs(math.log2(snapped / s)) <= 1 / 32 + 1e-12
+    assert snap_scale(1.0) == 1.0 and snap_scale(0.77, 0) == 0.77
+    assert snap_scale(0.771) == snap_scale(0.772), "nearby estimates share one input shape"

@@ -27,7 +27,7 @@ def parse(doc: dict):
     return parse_recipe(doc, name="t")
 
 
-@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu"])
+@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu", "pilots", "demo"])
 def test_shipped_recipes_parse_and_validate(name):
     recipe = load_recipe(name)
     assert recipe.name == name

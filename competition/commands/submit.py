@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred.add_argument("--size-passes", type=int, default=2, help="passes without TTA that estimate the nucleus size, for members trained at a nucleus_diameter")
     pred.add_argument("--survey-factors", type=float, nargs="+", metavar="F",
                       help="resize factors of the first nucleus-size pass (default: 1 0.5 0.25)")
+    pred.add_argument("--postprocess-workers", type=int, metavar="N",
+                      help="threads post-processing one image while the network predicts the next (default: 1 on CUDA, 0 on the CPU)")
     pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
     pred.add_argument("--cache-dir", default="build/predict-cache",
                       help="per-image results, so an interrupted run resumes where it stopped ('' disables)")
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         engine=args.engine,
+        postprocess_workers=args.postprocess_workers,
         survey_factors=tuple(args.survey_factors) if args.survey_factors else None,
     )
     result = make_submission(options)

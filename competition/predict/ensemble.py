@@ -27,10 +27,24 @@ from competition.predict.members import LoadedMember, predict_scaled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SURVEY_FACTORS", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
+__all__ = ["SURVEY_FACTORS", "SCALE_STEPS", "snap_scale", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
 
 #: Downscales tried beside the native size in the first nucleus-size pass.
 SURVEY_FACTORS = (0.5, 0.25)
+
+#: The resize factors of the size-estimated passes are rounded to this many steps per
+#: octave (16: at most 2.2% from the estimate, well inside the estimate's own error), so
+#: images of one size share network input shapes: the OpenVINO and PyTorch CPU kernels are
+#: prepared once per shape. 0 disables the rounding.
+SCALE_STEPS = 16
+
+
+def snap_scale(s: float, steps: int = SCALE_STEPS) -> float:
+    """``s`` rounded to the nearest of ``steps`` per octave (``2 ** (k / steps)``); ``s`` itself
+    when ``steps`` is 0 or ``s`` is 1."""
+    if steps <= 0 or s == 1.0 or s <= 0:
+        return s
+    return float(2.0 ** (round(math.log2(s) * steps) / steps))
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,8 @@ class EnsemblePredictor:
         threads: CPU threads of the ONNX Runtime / OpenVINO engines (default: torch's).
         survey_factors: the resize factors of the first size pass (default
             :data:`SURVEY_FACTORS` beside the native size, ``(1.0, 0.5, 0.25)``).
+        scale_steps: resize factors from the size estimate are rounded to this many steps
+            per octave (:func:`snap_scale`; 0: not rounded).
     """
 
     def __init__(
@@ -120,6 +136,7 @@ class EnsemblePredictor:
         precision: str | None = None,
         threads: int | None = None,
         survey_factors: Sequence[float] | None = None,
+        scale_steps: int = SCALE_STEPS,
     ) -> None:
         from competition.predict.engines import make_engine, resolve_engine
 
@@ -127,6 +144,7 @@ class EnsemblePredictor:
         if size_passes < 1:
             raise UserError(f"size_passes must be >= 1, got {size_passes}")
         self.size_passes = int(size_passes)
+        self.scale_steps = int(scale_steps)
         self.survey_factors = tuple(float(f) for f in (survey_factors or (1.0, *SURVEY_FACTORS)))
         if not self.survey_factors or any(not 0 < f <= 4 for f in self.survey_factors):
             raise UserError(f"survey factors must lie in (0, 4], got {list(self.survey_factors)}")
@@ -262,7 +280,7 @@ class EnsemblePredictor:
             misfit = abs(math.log(estimate * factor / target))
             if misfit < best:
                 diameter, best = estimate, misfit
-        scales = {k: scale_factor(diameter, targets[k]) for k, _ in route.members}
+        scales = {k: snap_scale(scale_factor(diameter, targets[k]), self.scale_steps) for k, _ in route.members}
         for _ in range(self.size_passes - 1):
             if diameter is None:
                 break
@@ -270,7 +288,7 @@ class EnsemblePredictor:
             if estimate is None:  # nothing found at this scale: keep the previous estimate
                 break
             diameter = estimate
-            scales = {k: scale_factor(diameter, targets[k]) for k, _ in route.members}
+            scales = {k: snap_scale(scale_factor(diameter, targets[k]), self.scale_steps) for k, _ in route.members}
         self.timings.size_estimate += time.perf_counter() - t0
         return dataclasses.replace(route, diameter=diameter, scales=tuple(scales.items()))
 
