@@ -209,3 +209,47 @@ def test_epoch_sampler_shards_disjointly():
     assert len(s0) == len(s1) == 4
     assert not set(s0) & set(s1)
     assert all(20 <= i < 30 for i in s0 + s1)
+
+
+def test_pasted_nuclei_are_copies_of_whole_nuclei_with_new_ids():
+    from competition.train.augment import paste_nuclei
+
+    image, label = draw((96, 96), seed=3)
+    inside = np.ones(label.shape, np.uint8)
+    out_image, out_label = paste_nuclei(image, label, inside, np.random.default_rng(0), max_copies=6)
+    new_ids = sorted(set(np.unique(out_label)) - set(np.unique(label)))
+    assert new_ids and min(new_ids) > label.max()
+    for i in new_ids:
+        ys, xs = np.nonzero(out_label == i)
+        # the copy's pixels are those of one source nucleus, shifted
+        shifted = {(y - ys.min(), x - xs.min()) for y, x in zip(ys, xs)}
+        sources = [k for k in np.unique(label)[1:]
+                   if {(y - yy.min(), x - xx.min()) for yy, xx in [np.nonzero(label == k)] for y, x in zip(yy, xx)}
+                   == shifted]
+        assert sources, f"copy {i} matches no source nucleus"
+        k = sources[0]
+        sy, sx = np.nonzero(label == k)
+        assert np.array_equal(out_image[ys, xs], image[sy, sx])
+    untouched = out_label == label
+    assert np.array_equal(out_image[untouched & (label == 0)], image[untouched & (label == 0)])
+
+
+def test_pasting_skips_padding_and_windows_without_whole_nuclei():
+    from competition.train.augment import paste_nuclei
+
+    image, label = draw((64, 64), seed=1)
+    inside = np.zeros(label.shape, np.uint8)  # all padding: nothing may be pasted
+    out_image, out_label = paste_nuclei(image, label, inside, np.random.default_rng(0))
+    assert out_image is image and out_label is label
+    empty = np.zeros((64, 64), np.int32)
+    assert paste_nuclei(image, empty, np.ones_like(empty, np.uint8), np.random.default_rng(0))[1] is empty
+
+
+def test_copy_paste_zero_draws_nothing_so_crops_stay_the_same():
+    a = _dataset()
+    b = CropDataset(a.images, Member(**{**a.member.to_dict(), "loss": a.member.loss, "copy_paste": 0.0}),
+                    a.channels, True, 6)
+    c = CropDataset(a.images, Member(**{**a.member.to_dict(), "loss": a.member.loss, "copy_paste": 1.0}),
+                    a.channels, True, 6)
+    assert np.array_equal(a[0][0].numpy(), b[0][0].numpy())
+    assert any(not np.array_equal(a[i][1].numpy(), c[i][1].numpy()) for i in range(6)), "pasting changes targets"

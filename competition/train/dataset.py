@@ -340,6 +340,10 @@ class CropDataset(torch.utils.data.Dataset):
                                                  size)
         else:
             image, label, inside = cut_window(im.image, im.label, top - pad, left - pad, size)
+        if self.member.copy_paste > 0 and rng.random() < self.member.copy_paste:
+            from competition.train.augment import paste_nuclei
+
+            image, label = paste_nuclei(image, label, inside, rng)
         before = image
         image, (label, inside) = augment(self._pipeline(im.type), image, [label, inside], rng)
         invert = self.invert[k]

@@ -129,6 +129,9 @@ class Member:
             multiplied by a log-uniform factor in [1/scale_jitter, scale_jitter].
         precision: ``"auto"`` (float16 autocast on CUDA, float32 on the CPU), ``"bf16"``
             (bfloat16 autocast and channels_last, training and prediction) or ``"fp32"``.
+        copy_paste: probability that a training crop gets copies of its own nuclei pasted
+            into it, some touching others (:func:`competition.train.augment.paste_nuclei`);
+            0 disables (and draws nothing, so other settings' crops are unchanged).
         threads: CPU threads torch trains this member with (0: the machine's, or
             ``--threads``). The CPU kernels split their sums by thread, so the same recipe,
             seed and data give the same weights only at the same thread count (measured
@@ -169,6 +172,7 @@ class Member:
     nucleus_diameter: float = 0.0
     scale_jitter: float = 1.0
     precision: str = "auto"
+    copy_paste: float = 0.0
     threads: int = 0
 
     @property
@@ -348,6 +352,8 @@ def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
             raise UserError(f"{where}.{name}: must be >= 0")
     if m.nucleus_diameter < 0 or (0 < m.nucleus_diameter < 4):
         raise UserError(f"{where}.nucleus_diameter: 0 (native scale) or at least 4 pixels")
+    if not 0 <= m.copy_paste <= 1:
+        raise UserError(f"{where}.copy_paste: a probability in [0, 1]")
     if m.scale_jitter < 1:
         raise UserError(f"{where}.scale_jitter: must be >= 1 (1 = no jitter)")
     if not m.lr > 0 or m.min_lr < 0 or m.min_lr > m.lr:
