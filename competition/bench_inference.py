@@ -8,8 +8,8 @@ today's float32 PyTorch path measured in the same run.
   prediction (normalisation, tiling, blending), in post-processing (watershed) and in
   run-length encoding. Image reading is done before the clock starts.
 - Stage-2-like (:func:`bench_stage2`): ``n`` images drawn by :mod:`competition.synth` at the
-  sizes of :data:`STAGE2_SHAPES` (256 px to 2560 px sides) with nuclei from about 8 to 90
-  px, predicted with flips; seconds per image and per megapixel, the projection to
+  sizes of :data:`STAGE2_SHAPES` (256 px to 2560 px sides), nucleus sizes drawn from
+  stage1_train's (:data:`STAGE1_DIAMETERS`), predicted with flips; seconds per image and per megapixel, the projection to
   :data:`STAGE2_IMAGES` images, and the ratio against the reference on every k-th image.
 - Peak memory (:func:`peak_memory`): a fresh process predicting the largest shape, its
   maximum resident set size.
@@ -50,6 +50,16 @@ STAGE2_SHAPES = (
 
 #: Image types of the generated set (stage 2 brought many stained and brightfield images).
 STAGE2_KINDS = (("fluorescence", 0.5), ("histology", 0.35), ("brightfield", 0.15))
+
+#: (quantile, median nucleus diameter in px) of the 664 stage1_train images (measured from
+#: their masks with :func:`competition.scale.median_diameter`); the generated images draw
+#: their nucleus size from it, so the size passes resize them as much as the real ones
+#: (mean squared resize factor to 28 px: 2.99).
+STAGE1_DIAMETERS = ((0.0, 8.0), (0.05, 9.6), (0.10, 10.6), (0.25, 13.4), (0.50, 18.1), (0.75, 29.3),
+                    (0.90, 47.3), (0.95, 49.5), (1.0, 94.0))
+
+#: The synthetic styles' typical nucleus diameter (twice the mean of their radius range).
+_SYNTH_DIAMETER = {"fluorescence": 16.0, "histology": 19.0, "brightfield": 14.0}
 
 @dataclass(frozen=True)
 class InferenceTiming:
@@ -207,9 +217,10 @@ def bench_inference(
 def stage2_like(n: int, seed: int = 0) -> Iterator[tuple[str, "object"]]:
     """``n`` generated images (id, H×W×3 uint8) at the sizes of :data:`STAGE2_SHAPES`.
 
-    Each image is drawn by :func:`competition.synth.draw_image` at its size divided by a
-    factor ``f`` (log-uniform in 0.6..2.6) and resized by ``f``, so its nuclei measure about
-    8 to 90 px across like stage 1's. Seeded: the same ``n`` and ``seed`` give the same images.
+    Each image's nucleus diameter is drawn from :data:`STAGE1_DIAMETERS` (interpolated in
+    log diameter); the image is drawn by :func:`competition.synth.draw_image` at its size
+    divided by ``f`` = that diameter / the style's own, and resized by ``f``. Seeded: the
+    same ``n`` and ``seed`` give the same images.
     """
     import numpy as np
 
@@ -222,7 +233,8 @@ def stage2_like(n: int, seed: int = 0) -> Iterator[tuple[str, "object"]]:
     for i in range(n):
         height, width, _ = STAGE2_SHAPES[int(rng.choice(len(STAGE2_SHAPES), p=shares / shares.sum()))]
         kind = str(rng.choice(kinds, p=np.array(kind_p) / sum(kind_p)))
-        f = math.exp(rng.uniform(math.log(0.6), math.log(2.6)))
+        q, d = zip(*STAGE1_DIAMETERS)
+        f = math.exp(float(np.interp(rng.random(), q, np.log(d)))) / _SYNTH_DIAMETER[kind]
         base = (max(32, round(height / f)), max(32, round(width / f)))
         image, _ = draw_image(kind, base, rng)
         image = resize_image(image, height / base[0]) if base[0] != height else image
