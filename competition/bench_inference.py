@@ -299,7 +299,7 @@ class Stage2Report:
         ]
 
 
-def bench_stage2(models_dir: str | Path, recipe: str, n_images: int = 300, *, every: int = 6, tta: str = "flips",
+def bench_stage2(models_dir: str | Path, recipe: str, n_images: int = 100, *, every: int = 8, tta: str = "flips",
                  device: str = "auto", engine: str = "auto", threads: int | None = None, seed: int = 0,
                  tiling=None, loader=None) -> Stage2Report:
     """Time the ensemble on :func:`stage2_like` images, and the float32 PyTorch reference on
@@ -377,14 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
     parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"))
     parser.add_argument("--no-reference", action="store_true", help="skip the float32 PyTorch reference")
-    parser.add_argument("--stage2-like", type=int, default=300, metavar="N",
+    parser.add_argument("--stage2-like", type=int, default=100, metavar="N",
                         help="generated stage-2-like images to time (0: skip)")
-    parser.add_argument("--reference-every", type=int, default=6, metavar="K",
+    parser.add_argument("--reference-every", type=int, default=8, metavar="K",
                         help="time the reference on every K-th stage-2-like image")
     parser.add_argument("--no-peak-memory", action="store_true", help="skip the peak-memory run")
     parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)  # progress of the long stage-2-like run
     from competition.errors import UserError
 
     try:
