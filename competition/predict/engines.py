@@ -181,9 +181,10 @@ def weights_key(net: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def exported_file(folder: str | Path, net: nn.Module, arch: str = "net") -> Path:
-    """Where the ONNX export of ``net`` for the member in ``folder`` lives (it may not exist yet)."""
-    return Path(folder) / "engine" / f"{arch}-{weights_key(net)}-v{EXPORT_VERSION}.onnx"
+def exported_file(folder: str | Path, net: nn.Module, arch: str = "net", *, key: str | None = None) -> Path:
+    """Where the ONNX export of ``net`` for the member in ``folder`` lives (it may not exist
+    yet); ``key``: its :func:`weights_key`, when already computed."""
+    return Path(folder) / "engine" / f"{arch}-{key or weights_key(net)}-v{EXPORT_VERSION}.onnx"
 
 
 def export_onnx(net: nn.Module, path: str | Path) -> Path:
@@ -217,10 +218,11 @@ def export_onnx(net: nn.Module, path: str | Path) -> Path:
 
 def _ensure_export(folder: str | Path, net: nn.Module, arch: str) -> Path:
     """The member's current export, built when missing; stale exports of the member removed."""
-    candidates = [Path(folder), Path(tempfile.gettempdir()) / "competition-engines" / weights_key(net)]
+    key = weights_key(net)  # hashed once: the whole state is read
+    candidates = [Path(folder), Path(tempfile.gettempdir()) / "competition-engines" / key]
     last_error: Exception | None = None
     for base in candidates:
-        path = exported_file(base, net, arch)
+        path = exported_file(base, net, arch, key=key)
         if path.is_file():
             return path
         try:

@@ -280,7 +280,10 @@ class EnsemblePredictor:
             misfit = abs(math.log(estimate * factor / target))
             if misfit < best:
                 diameter, best = estimate, misfit
-        scales = {k: snap_scale(scale_factor(diameter, targets[k]), self.scale_steps) for k, _ in route.members}
+        def scales_for(d: float | None) -> dict[str, float]:
+            return {k: snap_scale(scale_factor(d, targets[k]), self.scale_steps) for k, _ in route.members}
+
+        scales = scales_for(diameter)
         for _ in range(self.size_passes - 1):
             if diameter is None:
                 break
@@ -288,7 +291,7 @@ class EnsemblePredictor:
             if estimate is None:  # nothing found at this scale: keep the previous estimate
                 break
             diameter = estimate
-            scales = {k: snap_scale(scale_factor(diameter, targets[k]), self.scale_steps) for k, _ in route.members}
+            scales = scales_for(diameter)
         self.timings.size_estimate += time.perf_counter() - t0
         return dataclasses.replace(route, diameter=diameter, scales=tuple(scales.items()))
 
