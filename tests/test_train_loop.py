@@ -25,7 +25,7 @@ from competition.train.loop import (
     schedule_lrs,
 )
 from competition.train.members import load_member, member_dir, train_members
-from competition.network import build_network, load_encoder_weights
+from competition.network import build_network, cpu_has_bf16, load_encoder_weights
 from competition.predict.members import LoadedMember, predict_scaled
 from competition.train.recipe import LossConfig, Member, parse_recipe
 
@@ -352,6 +352,7 @@ def test_bf16_fit_records_its_precision_and_predicts_through_the_same_path(tmp_p
         channels=CHANNELS, recipe_name="t")
     model, config = load_member(out)
     assert config["member"]["precision"] == "bf16"
+    assert config["compute_precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     with np.load(out / "oof.npz") as z:
         image_id = str(z["ids"][0])
         stored = z[f"p_{image_id}"].astype(np.float32)

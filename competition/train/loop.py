@@ -35,6 +35,7 @@ from competition.train.losses import MaskedLoss
 from competition.network import (
     autocast_for,
     build_network,
+    compute_precision,
     load_encoder_weights,
     set_encoder_frozen,
     unwrap,
@@ -480,6 +481,9 @@ def _fit(
         "git_commit": git_commit(), "code_hash": source_hash(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # What the member's precision computes in here (bf16 -> fp32 on a CPU without
+        # bfloat16 hardware, see competition.network.compute_precision).
+        "compute_precision": compute_precision(device, member.precision),
         "valid_loss": "whole validation images, no mask, same forward pass as the score",
     }
     if (out_dir / "config.json").is_file() and (out_dir / "last.pt").is_file():
@@ -487,6 +491,10 @@ def _fit(
         if not _same_member(old.get("member"), config["member"]) or old.get("channels") != config["channels"]:
             raise UserError(f"{out_dir}: started with a different member config; delete the "
                             "folder to retrain, or restore the recipe")
+        if old.get("compute_precision", config["compute_precision"]) != config["compute_precision"]:
+            log.warning("%s: started in %s, resumed in %s on this machine: the weights will not "
+                        "reproduce a run made in one precision", member.key,
+                        old["compute_precision"], config["compute_precision"])
 
     torch.manual_seed(member.seed)
     model = build_network(member.arch, member.encoder, len(channels))
