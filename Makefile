@@ -16,10 +16,19 @@ MODELS ?= models
 TTA ?= flips
 SIZE_PASSES ?= 2
 # What runs the network: auto (the fastest installed on the CPU, torch on CUDA), torch,
-# onnxruntime or openvino.
+# onnxruntime, openvino or openvino-int8 (INT8, calibrated once per member on its training images).
 ENGINE ?= auto
 # Resize factors of the first nucleus-size pass (empty: the default, 1 0.5 0.25).
 SURVEY ?=
+# Resizing of the size-estimated passes (empty: the defaults): the nucleus diameter they aim
+# at (default: each member's), the largest up-scaling (default 3), and the pixels the size
+# passes see of a large image (default: all of it).
+NUCLEUS_PX ?=
+MAX_UPSCALE ?=
+SIZE_MAX_PIXELS ?=
+RESIZING = $(if $(NUCLEUS_PX),--nucleus-px $(NUCLEUS_PX)) $(if $(MAX_UPSCALE),--max-upscale $(MAX_UPSCALE)) \
+	$(if $(SIZE_MAX_PIXELS),--size-max-pixels $(SIZE_MAX_PIXELS))
+SIZING = $(if $(SURVEY),--survey-factors $(SURVEY)) $(RESIZING)
 MEMBER ?=
 FOLD ?= 0
 FOLDS_BY ?= conditions
@@ -57,7 +66,7 @@ test: $(SETUP)  ## run the test suite
 bench: $(SETUP)  ## speed figures: metric and RLE against naive references; inference of RECIPE when trained
 	$(PYTHON) -m competition bench --data $(DATA_DIR)
 	@if ls $(MODELS)/$(RECIPE)/*/*/best.pt >/dev/null 2>&1; then \
-		$(PYTHON) -m competition.bench_inference --models $(MODELS) --recipe $(RECIPE) --data $(DATA_DIR); \
+		$(PYTHON) -m competition.bench_inference --models $(MODELS) --recipe $(RECIPE) --data $(DATA_DIR) --engine $(ENGINE) $(RESIZING); \
 	else echo "no trained $(MODELS)/$(RECIPE): train it (make train-all RECIPE=$(RECIPE)) for the inference figures"; fi
 
 data: $(SETUP)  ## download and unpack the competition into DATA_DIR (needs Kaggle credentials)
@@ -94,12 +103,12 @@ tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of 
 	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(BUILD)/folds.csv
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
-	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(if $(SURVEY),--survey-factors $(SURVEY)) \
+	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) \
 		$(if $(SOLUTION),--solution $(SOLUTION),$(if $(wildcard $(CALIBRATION)),--calibration $(CALIBRATION))) $(if $(KAGGLE_SUBMIT),--kaggle)
 
 holdout: $(SETUP)  ## the whole submit pipeline on training fold FOLD (held out by RECIPE's members), scored like the leaderboard
 	test -d $(HOLDOUT)/stage1_test || $(PYTHON) -m competition holdout --data $(DATA_DIR) --folds $(BUILD)/folds.csv --fold $(FOLD) --out $(HOLDOUT)
-	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(HOLDOUT) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(if $(SURVEY),--survey-factors $(SURVEY)) \
+	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(HOLDOUT) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) \
 		--out-dir $(HOLDOUT)/submissions --solution $(HOLDOUT)/solution.csv --leaderboard $(HOLDOUT)/leaderboard.csv \
 		--crossfit --calibration $(CALIBRATION)
 

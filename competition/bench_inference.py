@@ -106,11 +106,16 @@ class InferenceTiming:
         )
 
 
-def _predictor(ensemble, *, device, tta, tiling, loader, engine, precision=None):
+#: The resizing of the reference (today's path when issue 11 was filed): every member's own
+#: nucleus diameter, up-scaling to 3x, size passes over the whole image.
+REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": None}
+
+
+def _predictor(ensemble, *, device, tta, tiling, loader, engine, precision=None, sizing=None):
     from competition.predict import EnsemblePredictor, Tiling
 
     return EnsemblePredictor(ensemble, device=device, tta=tta, tiling=tiling or Tiling(), loader=loader,
-                             engine=engine, precision=precision)
+                             engine=engine, precision=precision, **(sizing or {}))
 
 
 def _label(predictor, precision) -> str:
@@ -162,6 +167,7 @@ def bench_inference(
     threads: int | None = None,
     engine: str = "auto",
     reference: str | None = "flips",
+    sizing: dict | None = None,
 ) -> list[InferenceTiming]:
     """Time the ensemble of ``recipe`` on the test images of ``data_dir``.
 
@@ -179,6 +185,9 @@ def bench_inference(
             :func:`competition.predict.set_threads`.
         engine: the engine timed (:data:`competition.predict.engines.ENGINES`).
         reference: also time this TTA mode on float32 PyTorch (today's path), last; None: not.
+        sizing: ``nucleus_px``/``max_upscale``/``size_max_pixels`` of the timed runs (see
+            :class:`competition.predict.EnsemblePredictor`); the reference keeps
+            :data:`REFERENCE_SIZING`.
 
     Returns:
         One :class:`InferenceTiming` per TTA mode, then the reference's.
@@ -193,15 +202,16 @@ def bench_inference(
     images = [read_image(image_path(split, i)) for i in ids]
     ensemble = load_ensemble(models_dir, recipe, create=False)
     set_threads(threads)
-    runs = [(mode, engine, None) for mode in tta] + ([(reference, "torch", "fp32")] if reference else [])
+    runs = [(mode, engine, None, sizing) for mode in tta]
+    runs += [(reference, "torch", "fp32", REFERENCE_SIZING)] if reference else []
     timings = []
-    for mode, run_engine, precision in runs:
+    for mode, run_engine, precision, run_sizing in runs:
         predictor = _predictor(ensemble, device=device, tta=mode, tiling=tiling, loader=loader, engine=run_engine,
-                               precision=precision)
+                               precision=precision, sizing=run_sizing)
         if predictor.device.type == "cuda":  # warm-up: cuDNN autotuning is not inference time
             predictor.predict(images[0])
             predictor = _predictor(ensemble, device=device, tta=mode, tiling=tiling, loader=loader,
-                                   engine=run_engine, precision=precision)
+                                   engine=run_engine, precision=precision, sizing=run_sizing)
         clock = _Clock()
         for image in images:
             clock.run(predictor, ensemble, image)
@@ -301,17 +311,18 @@ class Stage2Report:
 
 def bench_stage2(models_dir: str | Path, recipe: str, n_images: int = 100, *, every: int = 8, tta: str = "flips",
                  device: str = "auto", engine: str = "auto", threads: int | None = None, seed: int = 0,
-                 tiling=None, loader=None) -> Stage2Report:
-    """Time the ensemble on :func:`stage2_like` images, and the float32 PyTorch reference on
+                 tiling=None, loader=None, sizing: dict | None = None) -> Stage2Report:
+    """Time the ensemble on :func:`stage2_like` images (with ``sizing``, see
+    :func:`bench_inference`), and the float32 PyTorch reference (:data:`REFERENCE_SIZING`) on
     every ``every``-th of them (``every`` 0: no reference). Drawing the images is not timed."""
     from competition.ensemble import load_ensemble
     from competition.predict import set_threads
 
     ensemble = load_ensemble(models_dir, recipe, create=False)
     set_threads(threads)
-    fast = _predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine=engine)
+    fast = _predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine=engine, sizing=sizing)
     ref = _predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine="torch",
-                     precision="fp32") if every else None
+                     precision="fp32", sizing=REFERENCE_SIZING) if every else None
     fast_clock, ref_clock = _Clock(), _Clock()
     fast_on_ref, megapixels, largest = 0.0, 0.0, (0, 0)
     for i, (_, image) in enumerate(stage2_like(n_images, seed)):
@@ -328,20 +339,23 @@ def bench_stage2(models_dir: str | Path, recipe: str, n_images: int = 100, *, ev
 
 
 def peak_memory(models_dir: str | Path, recipe: str, shape: tuple[int, int] = STAGE2_SHAPES[-1][:2], *,
-                tta: str = "flips", engine: str = "auto", threads: int | None = None) -> dict:
+                tta: str = "flips", engine: str = "auto", threads: int | None = None, sizing: dict | None = None) -> dict:
     """Maximum resident set size of a fresh process that loads the ensemble and predicts
     (and post-processes) one generated image of ``shape``: ``{"shape", "peak_rss_mb", "seconds"}``."""
     command = [sys.executable, "-m", "competition.bench_inference", "--models", str(models_dir), "--recipe", recipe,
                "--engine", engine, "--tta", tta, "--_one-image", f"{shape[0]}x{shape[1]}"]
     if threads:
         command += ["--threads", str(threads)]
+    for name, value in (sizing or {}).items():
+        if value is not None:
+            command += [f"--{name.replace('_', '-')}", str(value)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"peak-memory run failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str, threads) -> dict:
+def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str, threads, sizing=None) -> dict:
     """The child of :func:`peak_memory`."""
     import resource
 
@@ -354,7 +368,7 @@ def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str
     set_threads(threads)
     ensemble = load_ensemble(models_dir, recipe, create=False)
     image, _ = draw_image("histology", shape, np.random.default_rng(0))
-    predictor = _predictor(ensemble, device="cpu", tta=tta, tiling=None, loader=None, engine=engine)
+    predictor = _predictor(ensemble, device="cpu", tta=tta, tiling=None, loader=None, engine=engine, sizing=sizing)
     t0 = time.perf_counter()
     _Clock().run(predictor, ensemble, image)
     seconds = time.perf_counter() - t0
@@ -375,28 +389,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", nargs="+", default=["none", "flips"], choices=("none", "flips", "d4"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
-    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"))
+    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "openvino", "openvino-int8"))
     parser.add_argument("--no-reference", action="store_true", help="skip the float32 PyTorch reference")
     parser.add_argument("--stage2-like", type=int, default=100, metavar="N",
                         help="generated stage-2-like images to time (0: skip)")
     parser.add_argument("--reference-every", type=int, default=8, metavar="K",
                         help="time the reference on every K-th stage-2-like image")
     parser.add_argument("--no-peak-memory", action="store_true", help="skip the peak-memory run")
+    parser.add_argument("--nucleus-px", type=float, help="nucleus diameter of the size-estimated passes (default: the members')")
+    parser.add_argument("--max-upscale", type=float, help="largest resize factor (default: the predictor's)")
+    parser.add_argument("--size-max-pixels", type=int, help="pixels the size passes see of a large image (default: all)")
     parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)  # progress of the long stage-2-like run
     from competition.errors import UserError
 
+    sizing = {k: v for k, v in (("nucleus_px", args.nucleus_px), ("max_upscale", args.max_upscale),
+                                  ("size_max_pixels", args.size_max_pixels)) if v is not None}
     try:
         if args.one_image:
             height, width = (int(v) for v in args.one_image.split("x"))
             print(json.dumps(_one_image(args.models, args.recipe, (height, width), args.tta[-1], args.engine,
-                                        args.threads)))
+                                        args.threads, sizing)))
             return 0
         timings = bench_inference(args.models, args.recipe, args.data, args.n_images, args.tta, device=args.device,
                                   threads=args.threads, engine=args.engine,
-                                  reference=None if args.no_reference else "flips")
+                                  reference=None if args.no_reference else "flips", sizing=sizing)
         for timing in timings:
             print(timing.line(), flush=True)
         fast = {t.tta: t for t in timings[: len(args.tta)]}
@@ -406,11 +425,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ref.total_s:.1f} s: {ref.total_s / fast['flips'].total_s:.2f}x faster", flush=True)
         if args.stage2_like:
             report = bench_stage2(args.models, args.recipe, args.stage2_like, every=0 if args.no_reference else
-                                  args.reference_every, device=args.device, engine=args.engine, threads=args.threads)
+                                  args.reference_every, device=args.device, engine=args.engine, threads=args.threads,
+                                  sizing=sizing)
             for line in report.lines()[: 1 if args.no_reference else 2]:
                 print(line, flush=True)
         if not args.no_peak_memory:
-            peak = peak_memory(args.models, args.recipe, engine=args.engine, threads=args.threads)
+            peak = peak_memory(args.models, args.recipe, engine=args.engine, threads=args.threads, sizing=sizing)
             print(f"peak memory: {peak['peak_rss_mb'] / 1024:.2f} GB resident predicting one "
                   f"{peak['shape'][0]}x{peak['shape'][1]} image ({peak['engine']}, TTA {peak['tta']}, "
                   f"{peak['seconds']:.1f} s)")

@@ -45,14 +45,22 @@ def size_check(routing: Mapping[str, Any], solution: Path) -> dict[str, Any] | N
             "worst": {"image_id": worst, "ratio": round(ratios[worst], 3)}}
 
 
+def _default_sizing() -> dict[str, Any]:
+    """The resizing of records made before it was recorded: the predictor's defaults."""
+    from competition.scale import MAX_SCALE
+
+    return {"nucleus_px": None, "max_upscale": MAX_SCALE, "size_max_pixels": None}
+
+
 def calibration_key(record: Mapping[str, Any]) -> dict[str, Any]:
     """What must match between a holdout run and a submission for the holdout to speak for
-    it: the members (with weights), the tuning records' source, TTA, size passes and survey
-    factors (the engine is left out: engines agree within their tolerance)."""
+    it: the members (with weights), the tuning records' source, TTA, size passes, survey
+    factors and resizing (the engine is left out: engines agree within their tolerance)."""
+    sizing = {**_default_sizing(), **(record.get("sizing") or {})}
     members = {t: [(m["member"], m["weight"]) for m in e.get("members", [])] for t, e in record["ensemble"].items()}
     return {"members": members, "tta": record["tta"], "size_passes": record["size_passes"],
             "survey_factors": [float(f) for f in record.get("survey_factors", (1.0, 0.5, 0.25))],
-            "recipe": record["recipe"]}
+            "sizing": sizing, "recipe": record["recipe"]}
 
 
 def _member_folds(ensemble):
@@ -131,8 +139,11 @@ def expected_for(path: Path, key: Mapping[str, Any], pred, distances: Mapping[st
     except DataError as exc:
         log.warning("%s", exc)
         return {"score": None, "note": str(exc)}
-    if calibration.get("key") != json.loads(json.dumps(key)):
-        note = (f"{path} was made with other members, TTA or size passes than this submission: "
+    stored = calibration.get("key")
+    if isinstance(stored, dict) and "sizing" not in stored:
+        stored = {**stored, "sizing": _default_sizing()}
+    if stored != json.loads(json.dumps(key)):
+        note = (f"{path} was made with other members, TTA, size passes or resizing than this submission: "
                 "rerun `make holdout` with the same settings")
         log.warning("%s", note)
         return {"score": None, "note": note}

@@ -46,7 +46,33 @@ def median_diameter(label: np.ndarray, min_area: int = 1) -> float | None:
     Returns:
         The diameter in pixels, or None when the image holds no object.
     """
-    areas = np.bincount(np.asarray(label).ravel().astype(np.int64))[1:]
+    return diameter_of_areas(object_areas(label), min_area)
+
+
+def object_areas(label: np.ndarray, cut_edges: tuple[bool, bool, bool, bool] = (False,) * 4) -> np.ndarray:
+    """The pixel areas of a label image's objects (0 = background).
+
+    Args:
+        cut_edges: which of the top, bottom, left, right edges cut the objects (the label is
+            a window of a larger image): objects touching those edges are left out, unless
+            that would leave none.
+    """
+    label = np.asarray(label)
+    areas = np.bincount(label.ravel().astype(np.int64))
+    edges = [e for e, cut in zip((label[0], label[-1], label[:, 0], label[:, -1]), cut_edges) if cut]
+    present = np.flatnonzero(areas[1:]) + 1
+    if edges and present.size:
+        cut = np.unique(np.concatenate(edges))
+        whole = np.setdiff1d(present, cut)
+        if whole.size:
+            present = whole
+    return areas[present]
+
+
+def diameter_of_areas(areas: np.ndarray, min_area: int = 1) -> float | None:
+    """Equivalent diameter ``2·sqrt(area/π)`` of the median of ``areas`` (those of at least
+    ``min_area``), None when none is left."""
+    areas = np.asarray(areas)
     areas = areas[areas >= max(1, int(min_area))]
     if areas.size == 0:
         return None

@@ -94,6 +94,9 @@ class SubmitOptions:
             submission's ``expected_score`` (:mod:`competition.expected`).
         survey_factors: resize factors of the first nucleus-size pass (None: the predictor's
             default, native, half and quarter size).
+        nucleus_px, max_upscale, size_max_pixels: how far the size-estimated passes resize
+            and how much of a large image the size passes see (see
+            :class:`competition.predict.EnsemblePredictor`; None: its defaults).
         engine: what runs the network (:data:`competition.predict.engines.ENGINES`; ``auto``:
             the fastest installed on the CPU, PyTorch on CUDA).
         cache_dir: keep every image's result (objects, routing, features) here as it is done,
@@ -122,6 +125,13 @@ class SubmitOptions:
     cache_dir: Path | None = None
     engine: str = "auto"
     survey_factors: tuple[float, ...] | None = None
+    nucleus_px: float | None = None
+    max_upscale: float | None = None
+    size_max_pixels: int | None = None
+
+    def sizing(self) -> dict[str, Any]:
+        """The resizing settings, as the cache key and the JSON record hold them."""
+        return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels}
 
 
 @dataclass
@@ -361,7 +371,7 @@ def cache_key(ensemble, opts: SubmitOptions, tiling, device, engine: str = "torc
         stat = best.stat() if best.exists() else None
         weights[key] = None if stat is None else [stat.st_size, stat.st_mtime_ns]
     return {"ensemble": ensemble.to_dict(), "weights": weights, "tta": opts.tta, "size_passes": opts.size_passes,
-            "survey_factors": opts.survey_factors,
+            "survey_factors": opts.survey_factors, "sizing": opts.sizing(),
             "tiling": [tiling.tile_size, tiling.overlap, tiling.max_side], "crossfit": opts.crossfit,
             "device": str(device.type), "engine": engine, "git": git_commit()}
 
@@ -500,7 +510,8 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     tiling = opts.tiling or Tiling()
     predictor = EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader,
                                   size_passes=opts.size_passes, engine=opts.engine, threads=opts.threads,
-                                  survey_factors=opts.survey_factors)
+                                  survey_factors=opts.survey_factors, nucleus_px=opts.nucleus_px,
+                                  max_upscale=opts.max_upscale, size_max_pixels=opts.size_max_pixels)
     workers = opts.postprocess_workers
     if workers is None:
         workers = 1 if predictor.device.type == "cuda" else 0
@@ -548,6 +559,8 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "threads": torch_threads(),
         "size_passes": opts.size_passes,
         "survey_factors": list(predictor.survey_factors),
+        "sizing": {"nucleus_px": predictor.nucleus_px, "max_upscale": predictor.max_upscale,
+                   "size_max_pixels": predictor.size_max_pixels},
         "git_commit": git_commit(),
         "n_images": len(ids),
         "n_objects": n_objects,

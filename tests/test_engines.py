@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from competition.errors import UserError
+from competition.network import CPU_BF16_ENV, autocast_for, compute_precision, cpu_has_bf16
 from competition.predict import Tiling, predict_network
 from competition.predict import engines as E
 
@@ -93,7 +94,10 @@ def test_engine_choice_and_its_errors(monkeypatch):
         E.resolve_engine("onnxruntime", cuda)
     monkeypatch.setattr(E, "_installed", lambda name: name in ("torch", "onnxruntime"))
     assert E.resolve_engine("auto", cpu, "fp32") == "onnxruntime"
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
     assert E.resolve_engine("auto", cpu, "bf16") == "torch", "PyTorch's bf16 beats ONNX Runtime's float32"
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert E.resolve_engine("auto", cpu, "bf16") == "onnxruntime", "no bf16 hardware: bf16 members run in float32"
     monkeypatch.setattr(E, "_installed", lambda name: True)
     assert E.resolve_engine("auto", cpu, "bf16") == "openvino"
     monkeypatch.setattr(E, "_installed", lambda name: name == "torch")
@@ -125,3 +129,86 @@ def test_the_ensemble_predictor_runs_members_through_the_engine(tmp_path):
     assert Path(folder / "engine").is_dir()
     out, _ = fast.predict(image)
     assert np.abs(out - ref).max() <= E.TOLERANCE[(FAST[0], "fp32")]
+
+
+def test_bf16_computes_in_float32_on_a_cpu_without_bfloat16_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert not cpu_has_bf16()
+    assert compute_precision(cpu, "bf16") == "fp32"
+    assert compute_precision("cuda", "bf16") == "bf16", "only the CPU falls back"
+    with autocast_for(cpu, "bf16"):
+        assert not torch.is_autocast_enabled("cpu")
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert compute_precision(cpu, "bf16") == "bf16"
+    with autocast_for(cpu, "bf16"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+    for precision in ("auto", "fp32"):
+        assert compute_precision(cpu, precision) == precision
+    monkeypatch.delenv(CPU_BF16_ENV)
+    probes = [getattr(torch.cpu, n, lambda: False)() for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    assert cpu_has_bf16() == any(probes), "without the override: what PyTorch reads off the CPU"
+
+
+# ----------------------------------------------------------------------------- INT8
+
+
+@pytest.fixture(scope="module")
+def int8_member(tmp_path_factory):
+    """A tiny member with the config of one trained on a synthetic set, 2 of whose images are
+    its validation fold."""
+    from competition.data.io import list_samples
+    from competition.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("int8")
+    generate_dataset(root / "data", n_train=8, n_test=2, seed=3)
+    ids = [s.image_id for s in list_samples(root / "data" / "stage1_train")]
+    folds = root / "folds.csv"
+    folds.write_text("ImageId,type,fold\n" + "".join(f"{i},fluorescence,{int(k < 2)}\n" for k, i in enumerate(ids)))
+    config = {"data_dir": str(root / "data"), "folds_file": str(folds), "fold": 1, "invert": True,
+              "arch": "Unet", "member": {"nucleus_diameter": 20.0, "pad": 16}}
+    folder = root / "member"
+    folder.mkdir()
+    return folder, tiny_unet(), config, ids
+
+
+def test_int8_calibration_uses_the_member_s_training_images_only(int8_member, monkeypatch):
+    from competition.data import io
+    from competition.predict import quantize as Q
+
+    folder, _, config, ids = int8_member
+    read = []
+    real = io.load_sample
+    monkeypatch.setattr(io, "load_sample", lambda s: (read.append(s.image_id), real(s))[1])
+    inputs = Q.calibration_inputs(config, n=4, crop=64)
+    assert len(inputs) == 4 and not set(read) & set(ids[:2]), "never the validation fold"
+    for x in inputs:
+        assert x.dtype == np.float32 and x.shape[:2] == (1, 3) and x.shape[2] % 32 == 0 and x.shape[3] % 32 == 0
+    again = Q.calibration_inputs(config, n=4, crop=64)
+    assert all(np.array_equal(a, b) for a, b in zip(inputs, again)), "seeded"
+    assert Q.calibration_key(config) != Q.calibration_key({**config, "fold": 0})
+    with pytest.raises(UserError, match="training images"):
+        Q.calibration_inputs({**config, "data_dir": str(folder / "nowhere")})
+
+
+@pytest.mark.skipif(not E._installed("openvino"), reason="openvino not installed")
+def test_int8_engine_is_built_once_from_the_export_and_stays_near_float32(int8_member, monkeypatch):
+    pytest.importorskip("nncf")
+    from competition.predict import quantize as Q
+
+    folder, net, config, _ = int8_member
+    monkeypatch.setattr(Q, "CALIBRATION_IMAGES", 6)
+    monkeypatch.setattr(Q, "CALIBRATION_CROP", 64)
+    fast = E.make_engine("openvino-int8", net, folder=folder, arch="Unet", precision="fp32", threads=1, config=config)
+    models = list((folder / "engine").glob("*-int8-*.xml"))
+    assert len(models) == 1 and models[0].with_suffix(".bin").is_file()
+    assert models[0] == Q.quantized_file(E.exported_file(folder, net, "Unet"), Q.calibration_key(config))
+    assert not [p for p in (folder / "engine").iterdir() if p.name.startswith(".")], "no temporary left"
+    mtime = models[0].stat().st_mtime_ns
+    E.make_engine("openvino-int8", net, folder=folder, arch="Unet", precision="fp32", threads=1, config=config)
+    assert models[0].stat().st_mtime_ns == mtime, "reused"
+    x = Q.calibration_inputs(config, n=1, crop=64)[0][0]
+    ref = predict_network(net, x, precision="fp32")
+    diff = np.abs(predict_network(fast, x) - ref)
+    assert diff.mean() <= E.INT8_TOLERANCE["mean"] and diff.max() <= E.INT8_TOLERANCE["max"]

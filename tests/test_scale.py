@@ -256,3 +256,85 @@ def test_snapped_scales_are_on_the_octave_grid_and_close():
         assert abs(math.log2(snapped / s)) <= 1 / 32 + 1e-12
     assert snap_scale(1.0) == 1.0 and snap_scale(0.77, 0) == 0.77
     assert snap_scale(0.771) == snap_scale(0.772), "nearby estimates share one input shape"
+
+
+def test_nucleus_px_and_max_upscale_set_the_final_resize(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.errors import UserError
+    from competition.predict import EnsemblePredictor
+    from competition.predict.ensemble import snap_scale
+
+    models = scaled_member(tmp_path)
+    label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px across
+    image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
+
+    def scale(**kw):
+        predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]),
+                                      engine="torch", **kw)
+        _, route = predictor.predict(image)
+        return dict(route.scales)["all/a"], route.diameter
+
+    own, d = scale()
+    smaller, d2 = scale(nucleus_px=18.0)
+    assert own == snap_scale(24 / d)
+    assert smaller == snap_scale(18 / d2) and smaller < own, "a smaller target diameter resizes less"
+    capped, _ = scale(max_upscale=1.5)
+    assert own > 1.5 and capped == snap_scale(1.5)
+    for bad in ({"nucleus_px": 2.0}, {"max_upscale": 0.5}, {"size_max_pixels": 100}):
+        with pytest.raises(UserError):
+            EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), **bad)
+
+
+def test_size_windows_cover_a_large_image_in_four_bounded_windows():
+    from competition.predict.ensemble import size_windows
+
+    assert size_windows((300, 400), None) == [((slice(0, 300), slice(0, 400)), (False,) * 4)]
+    assert size_windows((300, 400), 300 * 400) == [((slice(0, 300), slice(0, 400)), (False,) * 4)]
+    for shape in ((2560, 2560), (1040, 1388), (256, 5000)):
+        windows = size_windows(shape, 250_000)
+        assert len(windows) == 4
+        for (rows, cols), inner in windows:
+            assert 0 <= rows.start < rows.stop <= shape[0] and 0 <= cols.start < cols.stop <= shape[1]
+            assert (rows.stop - rows.start) * (cols.stop - cols.start) <= 250_000 / 4 + 1
+            assert inner == (rows.start > 0, rows.stop < shape[0], cols.start > 0, cols.stop < shape[1])
+    (r0, c0), _ = size_windows((2560, 2560), 250_000)[0]
+    (r3, c3), _ = size_windows((2560, 2560), 250_000)[3]
+    assert r0.stop <= r3.start and c0.stop <= c3.start, "the windows are spread over the image"
+
+
+def test_object_areas_leave_out_objects_cut_by_an_inner_edge():
+    from competition.scale import diameter_of_areas, object_areas
+
+    label = np.zeros((20, 20), np.int32)
+    label[0:4, 5:9] = 1  # touches the top edge
+    label[8:12, 8:12] = 2  # inside
+    label[10:20, 16:20] = 3  # touches the bottom and right edges
+    assert sorted(object_areas(label)) == [16, 16, 40]
+    assert sorted(object_areas(label, cut_edges=(True, False, False, False))) == [16, 40]
+    assert sorted(object_areas(label, cut_edges=(True, True, True, True))) == [16]
+    only_cut = np.zeros((10, 10), np.int32)
+    only_cut[0:3, 0:3] = 1
+    assert list(object_areas(only_cut, cut_edges=(True,) * 4)) == [9], "nothing whole: keep what there is"
+    assert diameter_of_areas(np.array([], np.int64)) is None
+    assert diameter_of_areas(np.array([3, 100]), min_area=10) == pytest.approx(2 * math.sqrt(100 / math.pi))
+
+
+def test_the_size_passes_of_a_large_image_see_only_its_windows(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.predict import EnsemblePredictor
+
+    models = scaled_member(tmp_path)
+    centres = [(y, x) for y in range(16, 192, 32) for x in range(16, 256, 32)]
+    label = disks((192, 256), centres, 6)
+    image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
+    routes, seen = {}, {}
+    for limit in (None, 4 * 64 * 64):
+        nets: list[BrightNet] = []
+        predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
+                                      engine="torch", survey_factors=(1.0,), size_max_pixels=limit)
+        _, routes[limit] = predictor.predict(image)
+        seen[limit] = nets[0].seen
+    assert routes[4 * 64 * 64].diameter == pytest.approx(routes[None].diameter, rel=0.1)
+    assert seen[None][0] == (224, 288) and len(seen[None]) == 3  # survey, refinement, final
+    assert seen[4 * 64 * 64][:4] == [(96, 96)] * 4, "the survey: four 64 px windows plus margins"
+    assert seen[4 * 64 * 64][-1] == seen[None][-1], "the final pass still predicts the whole image"

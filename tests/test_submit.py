@@ -454,6 +454,28 @@ def test_bench_inference_reports_each_tta_mode_and_the_float32_reference(world):
     assert "img/s" in timings[1].line()
 
 
+def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_settings(world, monkeypatch):
+    from competition import bench_inference as B
+
+    seen = []
+    real = B._predictor
+
+    def recording(*args, **kw):
+        predictor = real(*args, **kw)
+        seen.append((kw.get("engine"), predictor.nucleus_px, predictor.max_upscale, predictor.size_max_pixels))
+        return predictor
+
+    monkeypatch.setattr(B, "_predictor", recording)
+    sizing = {"nucleus_px": 12.0, "max_upscale": 2.0, "size_max_pixels": 20_000}
+    B.bench_inference(world["models"], "standin", world["data"], n_images=1, tta=("none",), device="cpu",
+                      loader=cached_loader, sizing=sizing)
+    B.bench_stage2(world["models"], "standin", 1, every=1, device="cpu", loader=cached_loader, sizing=sizing)
+    timed = [s for s in seen if s[0] != "torch"]
+    reference = [s for s in seen if s[0] == "torch"]
+    assert timed and all(s[1:] == (12.0, 2.0, 20_000) for s in timed)
+    assert len(reference) == 2 and all(s[1:] == (None, 3.0, None) for s in reference)
+
+
 def test_stage2_like_images_follow_the_size_table_and_are_seeded():
     from competition.bench_inference import STAGE2_SHAPES, stage2_like
 
@@ -587,6 +609,15 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     other = submit(world, tmp_path, calibration=cal, tta="flips")  # not the submission calibrated
     assert other.record["expected_score"]["score"] is None
     assert "other members, TTA" in other.record["expected_score"]["note"]
+    assert test.record["sizing"] == {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": None}
+    resized = submit(world, tmp_path, calibration=cal, nucleus_px=20.0)
+    assert resized.record["sizing"]["nucleus_px"] == 20.0
+    assert resized.record["expected_score"]["score"] is None, "resized otherwise than the holdout"
+    data = json.loads(cal.read_text())
+    del data["key"]["sizing"]  # a calibration written before the resizing was recorded
+    cal.write_text(json.dumps(data))
+    again = submit(world, tmp_path, calibration=cal)
+    assert again.record["expected_score"]["score"] == pytest.approx(expected["score"])
 
 
 def test_an_interrupted_submit_resumes_from_its_cache_and_writes_the_same_csv(world, tmp_path, monkeypatch):

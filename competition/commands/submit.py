@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred = parser.add_argument_group("prediction")
     pred.add_argument("--tta", choices=("none", "flips", "d4"), default="none", help="test-time augmentation")
     pred.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    pred.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+    pred.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino", "openvino-int8"), default="auto",
                       help="what runs the network (auto: the fastest installed on the CPU, torch on CUDA)")
     pred.add_argument("--tile-size", type=int, default=512, help="window side for large images (multiple of 32)")
     pred.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring windows (multiple of 32)")
@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred.add_argument("--size-passes", type=int, default=2, help="passes without TTA that estimate the nucleus size, for members trained at a nucleus_diameter")
     pred.add_argument("--survey-factors", type=float, nargs="+", metavar="F",
                       help="resize factors of the first nucleus-size pass (default: 1 0.5 0.25)")
+    pred.add_argument("--nucleus-px", type=float, metavar="PX",
+                      help="nucleus diameter the size-estimated passes resize to (default: each member's nucleus_diameter; lower is faster)")
+    pred.add_argument("--max-upscale", type=float, metavar="F",
+                      help="largest resize factor of the size-estimated passes (default: 3)")
+    pred.add_argument("--size-max-pixels", type=int, metavar="N",
+                      help="the size passes of a larger image see four windows of N/4 pixels, not the whole image (default: the whole image)")
     pred.add_argument("--postprocess-workers", type=int, metavar="N",
                       help="threads post-processing one image while the network predicts the next (default: 1 on CUDA, 0 on the CPU)")
     pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
@@ -73,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         postprocess_workers=args.postprocess_workers,
         survey_factors=tuple(args.survey_factors) if args.survey_factors else None,
+        nucleus_px=args.nucleus_px,
+        max_upscale=args.max_upscale,
+        size_max_pixels=args.size_max_pixels,
     )
     result = make_submission(options)
     for line in format_summary(result):

@@ -12,6 +12,9 @@ does the padding, tiling, TTA and blending around it, the same for every engine.
   ``bf16`` members (its CPU plugin uses AVX-512 BF16/AMX where the CPU has them), float32
   otherwise.
 
+On a CPU without bfloat16 hardware every engine computes ``bf16`` members in float32
+(:func:`competition.network.compute_precision`): emulated bf16 is several times slower.
+
 The exported file lives in the member's folder, ``<member>/engine/<arch>-<weights key>-v<N>.onnx``,
 keyed by a hash of the weights (:func:`weights_key`): changed weights get a new file and the
 stale ones are removed; it is written to a temporary file and renamed, and is never
@@ -23,7 +26,10 @@ the CPU the first installed of :data:`CPU_PREFERENCE` for the member's precision
 here (2 cores, 1 thread, a lite0 UNet, 4 views of 544×672): PyTorch float32 4.38 s, PyTorch
 bf16 1.19 s, ONNX Runtime float32 1.77 s, OpenVINO float32 1.84 s, OpenVINO bf16 0.86 s. So
 OpenVINO first; without it, a bf16 member is faster in PyTorch than in ONNX Runtime (which
-has no fast bf16 convolutions on the CPU), a float32 member faster in ONNX Runtime.
+has no fast bf16 convolutions on the CPU), a float32 member faster in ONNX Runtime. On an
+AVX2-only AMD EPYC (no bfloat16 hardware; same batch, 1 thread): PyTorch float32 6.21 s,
+PyTorch bf16 (emulated) 43.1 s, ONNX Runtime and OpenVINO float32 2.26 s each (2.7×),
+OpenVINO INT8 (``openvino-int8``, :mod:`competition.predict.quantize`) 1.30 s (4.8×).
 """
 
 from __future__ import annotations
@@ -42,16 +48,17 @@ import torch
 from torch import nn
 
 from competition.errors import UserError
+from competition.network import compute_precision
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ENGINES", "CPU_PREFERENCE", "EXPORT_VERSION", "TOLERANCE", "TorchEngine", "OnnxRuntimeEngine",
+    "ENGINES", "CPU_PREFERENCE", "EXPORT_VERSION", "TOLERANCE", "INT8_TOLERANCE", "TorchEngine", "OnnxRuntimeEngine",
     "OpenVinoEngine", "resolve_engine", "weights_key", "export_onnx", "exported_file", "make_engine",
 ]
 
 #: Engine names accepted by ``--engine``.
-ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+ENGINES = ("auto", "torch", "onnxruntime", "openvino", "openvino-int8")
 
 #: ``auto`` on the CPU, by the member's precision: the first of these whose package is installed.
 CPU_PREFERENCE = {"bf16": ("openvino", "torch"), "fp32": ("openvino", "onnxruntime", "torch")}
@@ -67,7 +74,11 @@ EXPORT_VERSION = 1
 TOLERANCE = {("onnxruntime", "fp32"): 1e-3, ("openvino", "fp32"): 1e-3, ("openvino", "bf16"): 0.15,
              ("torch", "bf16"): 0.15}
 
-_PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+#: INT8 (``openvino-int8``) against float32 PyTorch, the largest and the mean absolute
+#: difference of a probability the tests accept (placeholder until measured).
+INT8_TOLERANCE = {"max": 0.5, "mean": 0.05}
+
+_PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-int8": "openvino"}
 
 
 def _installed(engine: str) -> bool:
@@ -91,7 +102,7 @@ def resolve_engine(engine: str, device: torch.device, precision: str = "auto") -
     if engine == "auto":
         if device.type != "cpu":
             return "torch"
-        order = CPU_PREFERENCE["bf16" if precision == "bf16" else "fp32"]
+        order = CPU_PREFERENCE["bf16" if compute_precision(device, precision) == "bf16" else "fp32"]
         return next(e for e in order if _installed(e))
     if engine != "torch" and device.type != "cpu":
         raise UserError(f"engine {engine} runs on the CPU only; use --engine torch with --device {device.type}")
@@ -156,7 +167,7 @@ class OpenVinoEngine:
 
         config = {
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_PRECISION_HINT": "bf16" if compute_precision("cpu", precision) == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
         }
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
@@ -243,8 +254,10 @@ def _ensure_export(folder: str | Path, net: nn.Module, arch: str) -> Path:
 
 
 def make_engine(engine: str, net: nn.Module, *, folder: str | Path, arch: str = "net",
-                device: torch.device | str = "cpu", precision: str = "auto", threads: int | None = None):
-    """The engine ``engine`` (already resolved, see :func:`resolve_engine`) for one member."""
+                device: torch.device | str = "cpu", precision: str = "auto", threads: int | None = None,
+                config: dict | None = None):
+    """The engine ``engine`` (already resolved, see :func:`resolve_engine`) for one member
+    (``config``: its config.json, which ``openvino-int8`` calibrates from)."""
     if engine == "torch":
         return TorchEngine(net, device, precision)
     path = _ensure_export(folder, net, arch)
@@ -252,4 +265,12 @@ def make_engine(engine: str, net: nn.Module, *, folder: str | Path, arch: str = 
         return OnnxRuntimeEngine(path, threads)
     if engine == "openvino":
         return OpenVinoEngine(path, threads, precision)
+    if engine == "openvino-int8":
+        from competition.predict.quantize import calibration_inputs, calibration_key, quantize_export, quantized_file
+
+        config = config or {}
+        model = quantized_file(path, calibration_key(config))
+        if not model.is_file():
+            quantize_export(path, calibration_inputs(config), model)
+        return OpenVinoEngine(model, threads, precision)
     raise UserError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")

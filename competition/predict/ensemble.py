@@ -27,7 +27,7 @@ from competition.predict.members import LoadedMember, predict_scaled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SURVEY_FACTORS", "SCALE_STEPS", "snap_scale", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
+__all__ = ["SURVEY_FACTORS", "SCALE_STEPS", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
 
 #: Downscales tried beside the native size in the first nucleus-size pass.
 SURVEY_FACTORS = (0.5, 0.25)
@@ -121,6 +121,14 @@ class EnsemblePredictor:
             :data:`SURVEY_FACTORS` beside the native size, ``(1.0, 0.5, 0.25)``).
         scale_steps: resize factors from the size estimate are rounded to this many steps
             per octave (:func:`snap_scale`; 0: not rounded).
+        nucleus_px: the nucleus diameter the size-estimated passes resize to (default: each
+            member's own ``nucleus_diameter``). Below it is cheaper (the pixels go with its
+            square) while the members' training jitter covers it.
+        max_upscale: the largest resize factor of a size-estimated pass (default
+            :data:`competition.scale.MAX_SCALE`): images of tiny nuclei cost its square.
+        size_max_pixels: the size passes of a larger image see at most this many pixels of
+            it, in four windows spread over the image, instead of the whole image (None: the
+            whole image). The final pass always predicts the whole image.
     """
 
     def __init__(
@@ -137,7 +145,12 @@ class EnsemblePredictor:
         threads: int | None = None,
         survey_factors: Sequence[float] | None = None,
         scale_steps: int = SCALE_STEPS,
+        nucleus_px: float | None = None,
+        max_upscale: float | None = None,
+        size_max_pixels: int | None = None,
     ) -> None:
+        from competition.scale import MAX_SCALE
+
         from competition.predict.engines import make_engine, resolve_engine
 
         tta_transforms(tta)  # validates
@@ -148,6 +161,15 @@ class EnsemblePredictor:
         self.survey_factors = tuple(float(f) for f in (survey_factors or (1.0, *SURVEY_FACTORS)))
         if not self.survey_factors or any(not 0 < f <= 4 for f in self.survey_factors):
             raise UserError(f"survey factors must lie in (0, 4], got {list(self.survey_factors)}")
+        self.nucleus_px = None if nucleus_px is None else float(nucleus_px)
+        if self.nucleus_px is not None and not 4 <= self.nucleus_px <= 256:
+            raise UserError(f"nucleus_px must lie in [4, 256] px, got {nucleus_px}")
+        self.max_upscale = float(MAX_SCALE if max_upscale is None else max_upscale)
+        if not 1 <= self.max_upscale <= 8:
+            raise UserError(f"max_upscale must lie in [1, 8], got {max_upscale}")
+        self.size_max_pixels = None if size_max_pixels is None else int(size_max_pixels)
+        if self.size_max_pixels is not None and self.size_max_pixels < 4 * 64 * 64:
+            raise UserError(f"size_max_pixels must be at least {4 * 64 * 64} (four 64 px windows), got {size_max_pixels}")
         self.ensemble = ensemble
         self.device = resolve_device(device)
         resolve_engine(engine, self.device)  # validates before any member is loaded
@@ -175,7 +197,8 @@ class EnsemblePredictor:
             name = resolve_engine(engine, self.device, member.precision)
             if name != "torch":
                 member.engine = make_engine(name, model, folder=folder, arch=str(config.get("arch", "net")),
-                                            device=self.device, precision=member.precision, threads=threads)
+                                            device=self.device, precision=member.precision, threads=threads,
+                                            config=config)
             self.engines[key] = name
             self.members[key] = member
         channels = {m.channels for m in self.members.values()}
@@ -252,27 +275,34 @@ class EnsemblePredictor:
         trusted (large, dim nuclei break up at the native size, where they are several
         times what the network was trained on, and come out whole when shrunk). Each
         further pass (``size_passes``) predicts at the current factors and measures again.
+        An image above ``size_max_pixels`` is measured on :func:`size_windows` of it.
         """
         from competition.postprocess import watershed_instances
-        from competition.scale import median_diameter, scale_factor
+        from competition.scale import diameter_of_areas, object_areas, scale_factor
 
         t0 = time.perf_counter()
         total = sum(w for _, w in route.members)
         params = self.ensemble.params_for(route.image_type)[0]
         target = float(np.exp(np.mean([np.log(t) for t in targets.values() if t > 0])))
+        windows = size_windows(image.shape[:2], self.size_max_pixels)
 
         def measure(factors: dict[str, float]) -> float | None:
-            mean: np.ndarray | None = None
-            for key, weight in route.members:
-                p = predict_scaled(self.members[key], image, factors[key], tta="none", tiling=self.tiling,
-                                   device=self.device, timer=self.timings.network) * (weight / total)
-                mean = p if mean is None else mean + p
-            assert mean is not None
-            return median_diameter(watershed_instances(mean, params, self.channels), min_area=params.min_size)
+            areas = []
+            for window, inner in windows:
+                view = image[window]
+                mean: np.ndarray | None = None
+                for key, weight in route.members:
+                    p = predict_scaled(self.members[key], view, factors[key], tta="none", tiling=self.tiling,
+                                       device=self.device, timer=self.timings.network) * (weight / total)
+                    mean = p if mean is None else mean + p
+                assert mean is not None
+                areas.append(object_areas(watershed_instances(mean, params, self.channels), cut_edges=inner))
+            return diameter_of_areas(np.concatenate(areas), min_area=params.min_size)
 
+        smallest = min(min(image[w].shape[:2]) for w, _ in windows)
         diameter, best = None, math.inf
         for factor in self.survey_factors:
-            if min(image.shape[:2]) * factor < 32:
+            if smallest * factor < 32:
                 continue
             estimate = measure({k: factor for k, _ in route.members})
             if estimate is None:
@@ -280,8 +310,10 @@ class EnsemblePredictor:
             misfit = abs(math.log(estimate * factor / target))
             if misfit < best:
                 diameter, best = estimate, misfit
+
         def scales_for(d: float | None) -> dict[str, float]:
-            return {k: snap_scale(scale_factor(d, targets[k]), self.scale_steps) for k, _ in route.members}
+            return {k: snap_scale(scale_factor(d, self.nucleus_px or targets[k], hi=self.max_upscale),
+                                  self.scale_steps) for k, _ in route.members}
 
         scales = scales_for(diameter)
         for _ in range(self.size_passes - 1):
@@ -295,6 +327,31 @@ class EnsemblePredictor:
         self.timings.size_estimate += time.perf_counter() - t0
         return dataclasses.replace(route, diameter=diameter, scales=tuple(scales.items()))
 
+
+def size_windows(shape: tuple[int, int], max_pixels: int | None) -> list[tuple[tuple[slice, slice], tuple[bool, bool, bool, bool]]]:
+    """Where the size passes look in an image of ``shape``: the whole image when it holds at
+    most ``max_pixels`` (or ``max_pixels`` is None), else four windows of ``max_pixels / 4``
+    each, centred on the image's quarters (clamped inside it).
+
+    Returns:
+        (the window's (rows, cols) slices, which of its edges top/bottom/left/right lie
+        inside the image), per window: objects cut by an inner edge are not measured.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    if max_pixels is None or height * width <= max_pixels:
+        return [((slice(0, height), slice(0, width)), (False, False, False, False))]
+    side = math.sqrt(max_pixels / 4)
+    wh = int(min(height, side))
+    ww = int(min(width, max_pixels / 4 / wh))
+    wh = int(min(height, max_pixels / 4 / ww))
+    out = []
+    for cy in (height / 4, 3 * height / 4):
+        for cx in (width / 4, 3 * width / 4):
+            top = int(min(max(0, round(cy - wh / 2)), height - wh))
+            left = int(min(max(0, round(cx - ww / 2)), width - ww))
+            inner = (top > 0, top + wh < height, left > 0, left + ww < width)
+            out.append(((slice(top, top + wh), slice(left, left + ww)), inner))
+    return out
 
 
 # ----------------------------------------------------------------------------- reading ahead
