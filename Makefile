@@ -16,7 +16,7 @@ MODELS ?= models
 TTA ?= flips
 SIZE_PASSES ?= 2
 # What runs the network: auto (the fastest installed on the CPU, torch on CUDA), torch,
-# onnxruntime, openvino or openvino-int8 (INT8, calibrated once per member on its training images).
+# onnxruntime or openvino.
 ENGINE ?= auto
 # Resize factors of the first nucleus-size pass (empty: the default, 1 0.5 0.25).
 SURVEY ?=

@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", nargs="+", default=["none", "flips"], choices=("none", "flips", "d4"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
-    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "openvino", "openvino-int8"))
+    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"))
     parser.add_argument("--no-reference", action="store_true", help="skip the float32 PyTorch reference")
     parser.add_argument("--stage2-like", type=int, default=100, metavar="N",
                         help="generated stage-2-like images to time (0: skip)")

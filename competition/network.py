@@ -8,6 +8,7 @@ preprocessing nor the forward pass lives here (see :mod:`competition.predict`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -207,6 +208,12 @@ def cpu_has_bf16() -> bool:
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):
         return forced == "1"
+    return _bf16_hardware()
+
+
+@functools.cache
+def _bf16_hardware() -> bool:
+    """What PyTorch reads off the CPU, once per process (autocast_for asks per batch)."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--tta", choices=("none", "flips", "d4"), default="none", help="test-time augmentation")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino", "openvino-int8"), default="auto",
+    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
                         help="what runs the network (auto: the fastest installed on the CPU, torch on CUDA)")
     parser.add_argument("--probs", action="store_true", help="also write <id>.npz with the probabilities (float16)")
 

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred = parser.add_argument_group("prediction")
     pred.add_argument("--tta", choices=("none", "flips", "d4"), default="none", help="test-time augmentation")
     pred.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    pred.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino", "openvino-int8"), default="auto",
+    pred.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
                       help="what runs the network (auto: the fastest installed on the CPU, torch on CUDA)")
     pred.add_argument("--tile-size", type=int, default=512, help="window side for large images (multiple of 32)")
     pred.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring windows (multiple of 32)")

@@ -197,8 +197,7 @@ class EnsemblePredictor:
             name = resolve_engine(engine, self.device, member.precision)
             if name != "torch":
                 member.engine = make_engine(name, model, folder=folder, arch=str(config.get("arch", "net")),
-                                            device=self.device, precision=member.precision, threads=threads,
-                                            config=config)
+                                            device=self.device, precision=member.precision, threads=threads)
             self.engines[key] = name
             self.members[key] = member
         channels = {m.channels for m in self.members.values()}
