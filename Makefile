@@ -22,12 +22,14 @@ ENGINE ?= auto
 SURVEY ?=
 # Resizing of the size-estimated passes (empty: the defaults): the nucleus diameter they aim
 # at (default: each member's), the largest up-scaling (default 3), and the pixels the size
-# passes see of a large image (default: all of it).
+# passes see of a large image (default: all of it), and the octaves within which a new size
+# estimate keeps the factors a pass ran at (default 0.125; 0: exact factors only).
 NUCLEUS_PX ?=
 MAX_UPSCALE ?=
 SIZE_MAX_PIXELS ?=
+RESCALE_TOLERANCE ?=
 RESIZING = $(if $(NUCLEUS_PX),--nucleus-px $(NUCLEUS_PX)) $(if $(MAX_UPSCALE),--max-upscale $(MAX_UPSCALE)) \
-	$(if $(SIZE_MAX_PIXELS),--size-max-pixels $(SIZE_MAX_PIXELS))
+	$(if $(SIZE_MAX_PIXELS),--size-max-pixels $(SIZE_MAX_PIXELS)) $(if $(RESCALE_TOLERANCE),--rescale-tolerance $(RESCALE_TOLERANCE))
 SIZING = $(if $(SURVEY),--survey-factors $(SURVEY)) $(RESIZING)
 MEMBER ?=
 FOLD ?= 0

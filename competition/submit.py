@@ -94,8 +94,9 @@ class SubmitOptions:
             submission's ``expected_score`` (:mod:`competition.expected`).
         survey_factors: resize factors of the first nucleus-size pass (None: the predictor's
             default, native, half and quarter size).
-        nucleus_px, max_upscale, size_max_pixels: how far the size-estimated passes resize
-            and how much of a large image the size passes see (see
+        nucleus_px, max_upscale, size_max_pixels, rescale_tolerance: how far the
+            size-estimated passes resize, how much of a large image the size passes see and
+            when a new estimate keeps the factors a pass ran at (see
             :class:`competition.predict.EnsemblePredictor`; None: its defaults).
         engine: what runs the network (:data:`competition.predict.engines.ENGINES`; ``auto``:
             the fastest installed on the CPU, PyTorch on CUDA).
@@ -128,10 +129,13 @@ class SubmitOptions:
     nucleus_px: float | None = None
     max_upscale: float | None = None
     size_max_pixels: int | None = None
+    rescale_tolerance: float | None = None
 
     def sizing(self) -> dict[str, Any]:
-        """The resizing settings, as the cache key and the JSON record hold them."""
-        return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels}
+        """The resizing settings asked for (None: the predictor's default), as keywords of
+        :class:`~competition.predict.EnsemblePredictor`."""
+        return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels,
+                "rescale_tolerance": self.rescale_tolerance}
 
 
 @dataclass
@@ -361,9 +365,11 @@ class _ImageCache:
             json.dump(entry, fh)
 
 
-def cache_key(ensemble, opts: SubmitOptions, tiling, device, engine: str = "torch") -> dict[str, Any]:
+def cache_key(ensemble, opts: SubmitOptions, tiling, device, engine: str = "torch",
+              sizing: dict[str, Any] | None = None) -> dict[str, Any]:
     """What decides an image's result: the ensemble file, each routed member's weights (size
-    and modification time), TTA, size passes, tiling, cross-fitting, the device type and the
+    and modification time), TTA, size passes, the resizing (``sizing``: the predictor's
+    resolved settings; default the options'), tiling, cross-fitting, the device type and the
     engine."""
     weights = {}
     for key in ensemble.routed_member_keys():
@@ -371,7 +377,7 @@ def cache_key(ensemble, opts: SubmitOptions, tiling, device, engine: str = "torc
         stat = best.stat() if best.exists() else None
         weights[key] = None if stat is None else [stat.st_size, stat.st_mtime_ns]
     return {"ensemble": ensemble.to_dict(), "weights": weights, "tta": opts.tta, "size_passes": opts.size_passes,
-            "survey_factors": opts.survey_factors, "sizing": opts.sizing(),
+            "survey_factors": opts.survey_factors, "sizing": opts.sizing() if sizing is None else sizing,
             "tiling": [tiling.tile_size, tiling.overlap, tiling.max_side], "crossfit": opts.crossfit,
             "device": str(device.type), "engine": engine, "git": git_commit()}
 
@@ -510,13 +516,12 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     tiling = opts.tiling or Tiling()
     predictor = EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader,
                                   size_passes=opts.size_passes, engine=opts.engine, threads=opts.threads,
-                                  survey_factors=opts.survey_factors, nucleus_px=opts.nucleus_px,
-                                  max_upscale=opts.max_upscale, size_max_pixels=opts.size_max_pixels)
+                                  survey_factors=opts.survey_factors, **opts.sizing())
     workers = opts.postprocess_workers
     if workers is None:
         workers = 1 if predictor.device.type == "cuda" else 0
     log.info("predicting %d test images of %s with %s", len(ids), split, opts.recipe)
-    cache = _ImageCache(opts.cache_dir, {**cache_key(ensemble, opts, tiling, predictor.device, predictor.engine), "split": str(split)})
+    cache = _ImageCache(opts.cache_dir, {**cache_key(ensemble, opts, tiling, predictor.device, predictor.engine, predictor.sizing()), "split": str(split)})
     pred = _predict_all(predictor, ensemble, split, ids, problems, strict=opts.strict, workers=workers,
                         crossfit=opts.crossfit, cache=cache)
     t_predicted = time.perf_counter()
@@ -559,8 +564,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "threads": torch_threads(),
         "size_passes": opts.size_passes,
         "survey_factors": list(predictor.survey_factors),
-        "sizing": {"nucleus_px": predictor.nucleus_px, "max_upscale": predictor.max_upscale,
-                   "size_max_pixels": predictor.size_max_pixels},
+        "sizing": predictor.sizing(),
         "git_commit": git_commit(),
         "n_images": len(ids),
         "n_objects": n_objects,

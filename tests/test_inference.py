@@ -149,6 +149,21 @@ def test_tta_maps_every_view_back_before_averaging():
     np.testing.assert_allclose(plain, left, atol=1e-6)
 
 
+def test_views_average_a_subset_of_the_tta_transforms():
+    """The identity view plus the other three, weighed 1:3, is the flips mean (how the final
+    pass reuses the last size pass); bad view lists are refused."""
+    net = ShiftRight()
+    x = random_input(40, 50, seed=4)
+    flips = predict_network(net, x, tta="flips")
+    identity = predict_network(net, x, tta="none")
+    others = predict_network(net, x, tta="flips", views=(2, 4, 6))
+    np.testing.assert_allclose((identity + 3 * others) / 4, flips, atol=1e-6)
+    assert not np.allclose(others, identity, atol=1e-3)
+    for bad in ((), (0, 0), (8,)):
+        with pytest.raises(ValueError, match="views"):
+            predict_network(net, x, views=bad)
+
+
 # ----------------------------------------------------------------------------- tiling
 
 

@@ -236,15 +236,65 @@ def test_size_passes_count_the_passes_before_the_final_one(tmp_path):
     models = scaled_member(tmp_path)
     label = disks((96, 96), [(24, 24), (70, 70)], 6)
     image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
-    for passes in (1, 2, 3):
+    # survey (native + half size), then: 1 pass -> the final pass at the estimate; 2 -> a
+    # pass at the estimate, which the final pass (no TTA) takes whole; 3 -> the same: the
+    # re-measured estimate keeps the factors, and a pass is never repeated at them
+    for passes, forwards, reused in ((1, 3, 0), (2, 3, 1), (3, 3, 1)):
         nets: list[BrightNet] = []
         predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets), engine="torch",
                                       size_passes=passes)
         _, route = predictor.predict(image)
-        assert len(nets[0].seen) == passes + 2  # + the half-size survey in the first pass
+        assert len(nets[0].seen) == forwards, passes
+        assert predictor.timings.reused_views == reused
         assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
     with pytest.raises(UserError, match="size_passes"):
         EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), size_passes=0)
+
+
+def test_the_final_pass_takes_its_identity_view_from_the_last_size_pass(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.predict import EnsemblePredictor, predict_scaled
+
+    models = scaled_member(tmp_path)
+    label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)
+    rng = np.random.default_rng(0)
+    image = np.clip(np.where(label[..., None] > 0, 200, 20) + rng.normal(0, 25, (96, 96, 1)), 0, 255)
+    image = image.astype(np.uint8).repeat(3, axis=2)
+    image[:, :48, 1] //= 2  # not symmetric under the flips
+    runs = {}
+    for tolerance in (0.0, 0.125):
+        nets: list[BrightNet] = []
+        predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
+                                      engine="torch", tta="flips", rescale_tolerance=tolerance)
+        probs, route = predictor.predict(image)
+        runs[tolerance] = (probs, route, predictor.timings.reused_views, len(nets[0].seen))
+        member = predictor.members["all/a"]
+        whole = predict_scaled(member, image, dict(route.scales)["all/a"], tta="flips", tiling=predictor.tiling,
+                               device=predictor.device)
+        if runs[tolerance][2]:
+            np.testing.assert_allclose(probs, whole, atol=1e-5)  # the same mean of the four views
+    assert runs[0.125][2] == 1, "the re-measured estimate stayed within 9%: the final pass ran 3 views"
+    assert runs[0.125][3] == 4  # native and half-size survey, the pass at the estimate, 3 views in one batch
+
+
+def test_a_rescale_tolerance_keeps_the_factors_a_pass_ran_at(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.errors import UserError
+    from competition.predict import EnsemblePredictor
+
+    models = scaled_member(tmp_path)
+    label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px: the estimate asks for 2x
+    image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
+    nets: list[BrightNet] = []
+    predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
+                                  engine="torch", rescale_tolerance=1.0)
+    probs, route = predictor.predict(image)
+    assert dict(route.scales)["all/a"] == 1.0, "2x lies within an octave of the native survey"
+    assert len(nets[0].seen) == 2 and predictor.timings.reused_views == 1  # the survey only
+    assert ((probs[0] > 0.5) == (label > 0)).mean() > 0.97
+    assert predictor.sizing()["rescale_tolerance"] == 1.0
+    with pytest.raises(UserError, match="rescale_tolerance"):
+        EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), rescale_tolerance=-0.1)
 
 
 def test_snapped_scales_are_on_the_octave_grid_and_close():
@@ -335,6 +385,8 @@ def test_the_size_passes_of_a_large_image_see_only_its_windows(tmp_path):
         _, routes[limit] = predictor.predict(image)
         seen[limit] = nets[0].seen
     assert routes[4 * 64 * 64].diameter == pytest.approx(routes[None].diameter, rel=0.1)
-    assert seen[None][0] == (224, 288) and len(seen[None]) == 3  # survey, refinement, final
+    # whole: survey, refinement (which the final pass without TTA reuses)
+    assert seen[None][0] == (224, 288) and len(seen[None]) == 2
     assert seen[4 * 64 * 64][:4] == [(96, 96)] * 4, "the survey: four 64 px windows plus margins"
+    assert len(seen[4 * 64 * 64]) == 4 + 4 + 1, "survey and refinement on windows: nothing to reuse"
     assert seen[4 * 64 * 64][-1] == seen[None][-1], "the final pass still predicts the whole image"

@@ -457,12 +457,14 @@ def test_bench_inference_reports_each_tta_mode_and_the_float32_reference(world):
 def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_settings(world, monkeypatch):
     from competition import bench_inference as B
 
-    seen = []
+    seen, refs = [], []
     real = B._predictor
 
     def recording(*args, **kw):
         predictor = real(*args, **kw)
         seen.append((kw.get("engine"), predictor.nucleus_px, predictor.max_upscale, predictor.size_max_pixels))
+        if kw.get("engine") == "torch":
+            refs.append(predictor)
         return predictor
 
     monkeypatch.setattr(B, "_predictor", recording)
@@ -474,6 +476,7 @@ def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_setting
     reference = [s for s in seen if s[0] == "torch"]
     assert timed and all(s[1:] == (12.0, 2.0, 20_000) for s in timed)
     assert len(reference) == 2 and all(s[1:] == (None, 3.0, None) for s in reference)
+    assert all(p.rescale_tolerance == 0.0 for p in refs), "the reference keeps no pass's factors but exact ones"
 
 
 def test_stage2_like_images_follow_the_size_table_and_are_seeded():
@@ -609,14 +612,16 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     other = submit(world, tmp_path, calibration=cal, tta="flips")  # not the submission calibrated
     assert other.record["expected_score"]["score"] is None
     assert "other members, TTA" in other.record["expected_score"]["note"]
-    assert test.record["sizing"] == {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": None}
+    assert test.record["sizing"] == {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": None,
+                                     "rescale_tolerance": 0.125}
     resized = submit(world, tmp_path, calibration=cal, nucleus_px=20.0)
     assert resized.record["sizing"]["nucleus_px"] == 20.0
     assert resized.record["expected_score"]["score"] is None, "resized otherwise than the holdout"
     data = json.loads(cal.read_text())
-    del data["key"]["sizing"]  # a calibration written before the resizing was recorded
-    cal.write_text(json.dumps(data))
-    again = submit(world, tmp_path, calibration=cal)
+    del data["key"]["sizing"]  # a calibration written before the resizing was recorded:
+    cal.write_text(json.dumps(data))  # it speaks for the settings of that time only
+    assert submit(world, tmp_path, calibration=cal).record["expected_score"]["score"] is None
+    again = submit(world, tmp_path, calibration=cal, rescale_tolerance=0.0)
     assert again.record["expected_score"]["score"] == pytest.approx(expected["score"])
 
 

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="largest resize factor of the size-estimated passes (default: 3)")
     pred.add_argument("--size-max-pixels", type=int, metavar="N",
                       help="the size passes of a larger image see four windows of N/4 pixels, not the whole image (default: the whole image)")
+    pred.add_argument("--rescale-tolerance", type=float, metavar="OCTAVES",
+                      help="a size estimate within this many octaves of a pass's factors keeps them, and that pass is the identity view of the final one (default: 0.125; 0: exact factors only)")
     pred.add_argument("--postprocess-workers", type=int, metavar="N",
                       help="threads post-processing one image while the network predicts the next (default: 1 on CUDA, 0 on the CPU)")
     pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         nucleus_px=args.nucleus_px,
         max_upscale=args.max_upscale,
         size_max_pixels=args.size_max_pixels,
+        rescale_tolerance=args.rescale_tolerance,
     )
     result = make_submission(options)
     for line in format_summary(result):

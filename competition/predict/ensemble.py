@@ -27,7 +27,7 @@ from competition.predict.members import LoadedMember, predict_scaled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SURVEY_FACTORS", "SCALE_STEPS", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
+__all__ = ["SURVEY_FACTORS", "SCALE_STEPS", "RESCALE_TOLERANCE", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
 
 #: Downscales tried beside the native size in the first nucleus-size pass.
 SURVEY_FACTORS = (0.5, 0.25)
@@ -37,6 +37,12 @@ SURVEY_FACTORS = (0.5, 0.25)
 #: images of one size share network input shapes: the OpenVINO and PyTorch CPU kernels are
 #: prepared once per shape. 0 disables the rounding.
 SCALE_STEPS = 16
+
+
+#: A size pass whose estimate moves the resize factors by at most this many octaves (0.125:
+#: 9%, two :data:`SCALE_STEPS` steps) keeps the factors it ran at, and its probabilities
+#: become the identity view of the final pass (one view less through the network).
+RESCALE_TOLERANCE = 0.125
 
 
 def snap_scale(s: float, steps: int = SCALE_STEPS) -> float:
@@ -91,6 +97,7 @@ class PredictorTimings:
     predict: float = 0.0  # the whole ensemble prediction, normalisation and blending included
     size_estimate: float = 0.0  # part of predict: the passes that estimate the nucleus size
     n_images: int = 0
+    reused_views: int = 0  # final passes whose identity view came from the last size pass
 
 
 class EnsemblePredictor:
@@ -129,6 +136,9 @@ class EnsemblePredictor:
         size_max_pixels: the size passes of a larger image see at most this many pixels of
             it, in four windows spread over the image, instead of the whole image (None: the
             whole image). The final pass always predicts the whole image.
+        rescale_tolerance: octaves within which a new size estimate keeps the factors a
+            pass already ran at (default :data:`RESCALE_TOLERANCE`; 0: only the same
+            factors), see :meth:`_estimate_scales`.
     """
 
     def __init__(
@@ -148,6 +158,7 @@ class EnsemblePredictor:
         nucleus_px: float | None = None,
         max_upscale: float | None = None,
         size_max_pixels: int | None = None,
+        rescale_tolerance: float | None = None,
     ) -> None:
         from competition.scale import MAX_SCALE
 
@@ -170,6 +181,9 @@ class EnsemblePredictor:
         self.size_max_pixels = None if size_max_pixels is None else int(size_max_pixels)
         if self.size_max_pixels is not None and self.size_max_pixels < 4 * 64 * 64:
             raise UserError(f"size_max_pixels must be at least {4 * 64 * 64} (four 64 px windows), got {size_max_pixels}")
+        self.rescale_tolerance = float(RESCALE_TOLERANCE if rescale_tolerance is None else rescale_tolerance)
+        if not 0 <= self.rescale_tolerance <= 1:
+            raise UserError(f"rescale_tolerance must lie in [0, 1] octaves, got {rescale_tolerance}")
         self.ensemble = ensemble
         self.device = resolve_device(device)
         resolve_engine(engine, self.device)  # validates before any member is loaded
@@ -221,6 +235,11 @@ class EnsemblePredictor:
             tiling.max_side,
         )
 
+    def sizing(self) -> dict[str, Any]:
+        """The resolved resizing settings (the submission's JSON and cache key hold them)."""
+        return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels,
+                "rescale_tolerance": self.rescale_tolerance}
+
     def route(self, image: np.ndarray) -> Route:
         """Classify ``image`` and pick its ensemble (the ``all`` fallback when its type has no
         member)."""
@@ -245,15 +264,29 @@ class EnsemblePredictor:
         t0 = time.perf_counter()
         total = sum(w for _, w in route.members)
         targets = {key: self.members[key].nucleus_diameter for key, _ in route.members}
+        kept: dict[str, np.ndarray] = {}
         if any(targets.values()):
-            route = self._estimate_scales(image, route, targets)
+            route, kept = self._estimate_scales(image, route, targets)
         scales = dict(route.scales) or {key: 1.0 for key, _ in route.members}
+        transforms = tta_transforms(self.tta)
         out: np.ndarray | None = None
         for key, weight in route.members:
-            probs = predict_scaled(
-                self.members[key], image, scales[key], tta=self.tta, tiling=self.tiling, device=self.device,
-                timer=self.timings.network,
-            )
+            identity = kept.get(key)
+            if identity is not None and 0 in transforms:
+                # the last size pass ran this member at this scale without TTA: that is the
+                # identity view; only the other views go through the network
+                self.timings.reused_views += 1
+                rest = tuple(k for k in transforms if k != 0)
+                probs = identity
+                if rest:
+                    others = predict_scaled(self.members[key], image, scales[key], tta=self.tta, tiling=self.tiling,
+                                            device=self.device, timer=self.timings.network, views=rest)
+                    probs = (identity + others * len(rest)) / len(transforms)
+            else:
+                probs = predict_scaled(
+                    self.members[key], image, scales[key], tta=self.tta, tiling=self.tiling, device=self.device,
+                    timer=self.timings.network,
+                )
             if out is None:
                 out = probs * (weight / total)
             else:
@@ -264,7 +297,8 @@ class EnsemblePredictor:
         return out, route
 
 
-    def _estimate_scales(self, image: np.ndarray, route: Route, targets: dict[str, float]) -> Route:
+    def _estimate_scales(self, image: np.ndarray, route: Route,
+                         targets: dict[str, float]) -> tuple[Route, dict[str, np.ndarray]]:
         """Size passes for members trained at a fixed nucleus diameter (no TTA).
 
         The first pass runs at each of ``survey_factors`` (by default the native size and the
@@ -275,6 +309,16 @@ class EnsemblePredictor:
         times what the network was trained on, and come out whole when shrunk). Each
         further pass (``size_passes``) predicts at the current factors and measures again.
         An image above ``size_max_pixels`` is measured on :func:`size_windows` of it.
+
+        Factors within ``rescale_tolerance`` octaves of ones a pass already ran at are
+        replaced by those (the estimate moving by less is well inside its own error and the
+        members' training jitter), so a pass is never repeated at nearly the same size, and
+        the last pass's probabilities at the factors kept (whole images only) are returned
+        for :meth:`predict` to use as the identity view of the final pass.
+
+        Returns:
+            (the route with its diameter and scales, member key -> probabilities at those
+            scales without TTA; empty when the last pass ran elsewhere or on windows).
         """
         from competition.postprocess import watershed_instances
         from competition.scale import diameter_of_areas, object_areas, scale_factor
@@ -284,19 +328,37 @@ class EnsemblePredictor:
         params = self.ensemble.params_for(route.image_type)[0]
         target = float(np.exp(np.mean([np.log(t) for t in targets.values() if t > 0])))
         windows = size_windows(image.shape[:2], self.size_max_pixels)
+        whole = len(windows) == 1 and windows[0][0] == (slice(0, image.shape[0]), slice(0, image.shape[1]))
+        #: factors a pass ran at (sorted member items) -> (its estimate, the members' probabilities if whole)
+        ran: dict[tuple[tuple[str, float], ...], tuple[float | None, dict[str, np.ndarray]]] = {}
 
         def measure(factors: dict[str, float]) -> float | None:
-            areas = []
+            key = tuple(sorted(factors.items()))
+            if key in ran:
+                return ran[key][0]
+            areas, kept = [], {}
             for window, inner in windows:
                 view = image[window]
                 mean: np.ndarray | None = None
-                for key, weight in route.members:
-                    p = predict_scaled(self.members[key], view, factors[key], tta="none", tiling=self.tiling,
-                                       device=self.device, timer=self.timings.network) * (weight / total)
-                    mean = p if mean is None else mean + p
+                for member, weight in route.members:
+                    p = predict_scaled(self.members[member], view, factors[member], tta="none", tiling=self.tiling,
+                                       device=self.device, timer=self.timings.network)
+                    if whole:
+                        kept[member] = p
+                    mean = p * (weight / total) if mean is None else mean + p * (weight / total)
                 assert mean is not None
                 areas.append(object_areas(watershed_instances(mean, params, self.channels), cut_edges=inner))
-            return diameter_of_areas(np.concatenate(areas), min_area=params.min_size)
+            estimate = diameter_of_areas(np.concatenate(areas), min_area=params.min_size)
+            ran[key] = (estimate, kept)
+            return estimate
+
+        def settle(factors: dict[str, float]) -> dict[str, float]:
+            best, closest = self.rescale_tolerance, None
+            for key in ran:
+                off = max(abs(math.log2(factors[m] / f)) for m, f in key)
+                if off <= best + 1e-9:
+                    best, closest = off, dict(key)
+            return closest or factors
 
         smallest = min(min(image[w].shape[:2]) for w, _ in windows)
         diameter, best = None, math.inf
@@ -311,20 +373,21 @@ class EnsemblePredictor:
                 diameter, best = estimate, misfit
 
         def scales_for(d: float | None) -> dict[str, float]:
-            return {k: snap_scale(scale_factor(d, self.nucleus_px or targets[k], hi=self.max_upscale),
-                                  self.scale_steps) for k, _ in route.members}
+            return settle({k: snap_scale(scale_factor(d, self.nucleus_px or targets[k], hi=self.max_upscale),
+                                         self.scale_steps) for k, _ in route.members})
 
         scales = scales_for(diameter)
         for _ in range(self.size_passes - 1):
-            if diameter is None:
-                break
+            if diameter is None or tuple(sorted(scales.items())) in ran:
+                break  # a pass at these factors ran already: it would measure the same again
             estimate = measure(scales)
             if estimate is None:  # nothing found at this scale: keep the previous estimate
                 break
             diameter = estimate
             scales = scales_for(diameter)
+        kept = ran.get(tuple(sorted(scales.items())), (None, {}))[1]
         self.timings.size_estimate += time.perf_counter() - t0
-        return dataclasses.replace(route, diameter=diameter, scales=tuple(scales.items()))
+        return dataclasses.replace(route, diameter=diameter, scales=tuple(scales.items())), kept
 
 
 def size_windows(shape: tuple[int, int], max_pixels: int | None) -> list[tuple[tuple[slice, slice], tuple[bool, bool, bool, bool]]]:

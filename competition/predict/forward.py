@@ -278,6 +278,7 @@ def predict_network(
     timer: NetworkTimer | None = None,
     margin: int = 16,
     precision: str = "auto",
+    views: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """Probabilities of one network on one normalised image, tiled and with TTA.
 
@@ -307,6 +308,9 @@ def predict_network(
         timer: accumulates the forward-pass seconds, when given.
         margin: the member's training margin (its crops' ``pad``).
         precision: the member's ``precision`` (``auto``, ``bf16``, ``fp32``; ``nn.Module`` only).
+        views: the dihedral transforms to average instead of ``tta``'s (a subset of them: the
+            caller that already holds the identity view of ``flips`` asks for the other three
+            and weighs the two means itself, see :meth:`EnsemblePredictor.predict`).
 
     Returns:
         C×H×W float32 probabilities.
@@ -320,6 +324,11 @@ def predict_network(
 
         net = TorchEngine(net, device, precision)
     transforms = tta_transforms(tta)
+    if views is not None:
+        views = tuple(int(k) for k in views)
+        if not views or any(k not in range(8) for k in views) or len(set(views)) != len(views):
+            raise ValueError(f"views must be distinct dihedral transforms 0..7, got {views}")
+        transforms = views
     _, height, width = x.shape
     padded, (top, left) = pad_for_network(np.asarray(x, dtype=np.float32), margin)
     _, hp, wp = padded.shape

@@ -64,6 +64,7 @@ def predict_member(
     tiling: Tiling = Tiling(),
     device: torch.device | str | None = None,
     timer: NetworkTimer | None = None,
+    views: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """One member's probabilities for one image: normalise (with the member's invert
     decision, taken on the whole image), then :func:`~competition.predict.forward.predict_network`
@@ -75,7 +76,7 @@ def predict_member(
     x = normalise(image, invert_for(image, config), config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD))
     net = member.model if member.engine is None else member.engine
     return predict_network(net, x, tta=tta, tiling=tiling, device=device, timer=timer,
-                           margin=margin_of(config), precision=member.precision)
+                           margin=margin_of(config), precision=member.precision, views=views)
 
 
 def predict_scaled(
@@ -87,6 +88,7 @@ def predict_scaled(
     tiling: Tiling = Tiling(),
     device: torch.device | str | None = None,
     timer: NetworkTimer | None = None,
+    views: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """:func:`predict_member` on the image resized by ``scale``, probabilities resized back to
     the image's own grid (bilinear).
@@ -94,10 +96,11 @@ def predict_scaled(
     Shapes: image (H, W, 3) uint8 -> probs (C, H, W) float32.
     """
     if scale == 1.0:
-        return predict_member(member, image, tta=tta, tiling=tiling, device=device, timer=timer)
+        return predict_member(member, image, tta=tta, tiling=tiling, device=device, timer=timer, views=views)
     from competition.scale import resize_image, resize_probs
 
-    probs = predict_member(member, resize_image(image, scale), tta=tta, tiling=tiling, device=device, timer=timer)
+    probs = predict_member(member, resize_image(image, scale), tta=tta, tiling=tiling, device=device, timer=timer,
+                           views=views)
     return resize_probs(probs, image.shape[0], image.shape[1])
 
 
