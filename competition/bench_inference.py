@@ -28,13 +28,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 __all__ = ["InferenceTiming", "Stage2Report", "STAGE2_SHAPES", "STAGE2_IMAGES", "bench_inference", "bench_stage2",
-           "stage2_like", "peak_memory", "main"]
+           "stage2_like", "peak_memory", "compare_objects", "main"]
 
 #: Images in the competition's final stage (``stage2_test_final``), all of which must be predicted.
 STAGE2_IMAGES = 3019
@@ -77,6 +77,10 @@ class InferenceTiming:
         size_pass_s: part of ``network_s``..``predict_s``: the passes that estimate the
             nucleus size (members trained at a ``nucleus_diameter``).
         engine: the engine(s) that ran the network, ``+ fp32`` for the reference.
+        changed_objects: on the reference line: its objects that the fast path's flips run
+            (the last fast line with flips) does not reproduce pixel for pixel; None: not compared.
+        agreement: on the reference line: the competition score of the fast path's flips
+            run scored against the reference's objects as the solution (1.0: identical).
     """
 
     tta: str
@@ -89,6 +93,8 @@ class InferenceTiming:
     n_objects: int
     size_pass_s: float = 0.0
     engine: str = "torch"
+    changed_objects: int | None = None
+    agreement: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -103,6 +109,8 @@ class InferenceTiming:
             f"tiling/normalise/blend {share(other):4.1f}%, post-processing {share(self.postprocess_s):4.1f}%, "
             f"encoding {share(self.encode_s):4.1f}%; {self.n_objects} objects"
             + (f"; size passes {share(self.size_pass_s):4.1f}% of the time" if self.size_pass_s else "")
+            + (f"; against the fast path: {self.changed_objects} of these objects not reproduced pixel for pixel, "
+               f"its score against them {self.agreement:.4f}" if self.changed_objects is not None else "")
         )
 
 
@@ -132,6 +140,8 @@ class _Clock:
     encode: float = 0.0
     n_objects: int = 0
     per_image: list[float] = field(default_factory=list)
+    #: per image: (shape, run-length encodings of its objects), kept to compare two runs.
+    objects: list[tuple[tuple[int, int], list[str]]] = field(default_factory=list)
 
     def run(self, predictor, ensemble, image) -> float:
         from competition.postprocess import watershed_instances
@@ -142,8 +152,10 @@ class _Clock:
         t1 = time.perf_counter()
         label = watershed_instances(probs, ensemble.params_for(route.image_type)[0], predictor.channels)
         t2 = time.perf_counter()
-        self.n_objects += len(label_to_rles(label))
+        rles = label_to_rles(label)
+        self.n_objects += len(rles)
         t3 = time.perf_counter()
+        self.objects.append((label.shape, rles))
         self.post += t2 - t1
         self.encode += t3 - t2
         self.per_image.append(t3 - t0)
@@ -153,6 +165,19 @@ class _Clock:
         return InferenceTiming(tta, len(self.per_image), sum(self.per_image), predictor.timings.network.seconds,
                                predictor.timings.predict, self.post, self.encode, self.n_objects,
                                predictor.timings.size_estimate, label)
+
+
+def compare_objects(fast: "_Clock", reference: "_Clock") -> tuple[int, float]:
+    """How far ``fast``'s objects are from ``reference``'s on the same images: the reference
+    objects with no pixel-identical fast object, and the competition score of ``fast``
+    against ``reference`` as the solution (1.0 when every image's objects are identical)."""
+    from competition.metric import score_images
+    from competition.rle import rles_to_label
+
+    changed = sum(len(set(ref) - set(run)) for (_, run), (_, ref) in zip(fast.objects, reference.objects))
+    pairs = ((str(i), rles_to_label(ref, shape), rles_to_label(run, shape))
+             for i, ((shape, run), (_, ref)) in enumerate(zip(fast.objects, reference.objects)))
+    return changed, float(score_images(pairs).score)
 
 
 def bench_inference(
@@ -206,8 +231,8 @@ def bench_inference(
     set_threads(threads)
     runs = [(mode, engine, None, sizing) for mode in tta]
     runs += [(reference, "torch", "fp32", REFERENCE_SIZING)] if reference else []
-    timings = []
-    for mode, run_engine, precision, run_sizing in runs:
+    timings, flips_clock = [], None
+    for n_run, (mode, run_engine, precision, run_sizing) in enumerate(runs):
         predictor = _predictor(ensemble, device=device, tta=mode, tiling=tiling, loader=loader, engine=run_engine,
                                precision=precision, sizing=run_sizing)
         if predictor.device.type == "cuda":  # warm-up: cuDNN autotuning is not inference time
@@ -218,6 +243,11 @@ def bench_inference(
         for image in images:
             clock.run(predictor, ensemble, image)
         timing = clock.timing(predictor, mode, _label(predictor, precision))
+        if n_run < len(tta) and mode == reference:
+            flips_clock = clock
+        elif n_run == len(tta) and flips_clock is not None:  # the reference, against the fast run
+            changed, agreement = compare_objects(flips_clock, clock)
+            timing = replace(timing, changed_objects=changed, agreement=agreement)
         log.info("%s", timing.line())
         timings.append(timing)
     return timings

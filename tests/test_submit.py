@@ -452,6 +452,28 @@ def test_bench_inference_reports_each_tta_mode_and_the_float32_reference(world):
     assert all(t.n_images == 1 for t in timings)
     assert all(0 < t.network_s <= t.predict_s <= t.total_s for t in timings)
     assert "img/s" in timings[1].line()
+    assert timings[-1].changed_objects is not None and 0.0 <= timings[-1].agreement <= 1.0
+    assert timings[-1].changed_objects <= timings[-1].n_objects
+    assert "not reproduced pixel for pixel" in timings[-1].line()
+    assert timings[0].changed_objects is None
+
+
+def test_compare_objects_counts_reference_objects_the_fast_run_does_not_reproduce():
+    from competition.bench_inference import _Clock, compare_objects
+    from competition.rle import label_to_rles
+
+    ref = np.zeros((20, 20), np.int32)
+    ref[2:6, 2:6], ref[10:15, 10:15] = 1, 2
+    same, moved = ref.copy(), ref.copy()
+    moved[moved == 2] = 0
+    moved[11:16, 10:15] = 2  # shifted by one row: IoU 20/30, not identical
+    a, b, c = _Clock(), _Clock(), _Clock()
+    for clock, label in ((a, ref), (b, same), (c, moved)):
+        clock.objects.append((label.shape, label_to_rles(label)))
+    assert compare_objects(b, a) == (0, 1.0)
+    changed, agreement = compare_objects(c, a)
+    assert changed == 1
+    assert agreement == pytest.approx(np.mean([1.0] * 4 + [1 / 3] * 6))
 
 
 def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_settings(world, monkeypatch):
