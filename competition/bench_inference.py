@@ -115,10 +115,10 @@ class InferenceTiming:
 
 
 #: The resizing of the reference (today's path when issue 11 was filed): every member's own
-#: nucleus diameter, up-scaling to 3x, size passes over the whole image, a size pass's factors
+#: nucleus diameter, up-scaling to 3x, size passes over the whole image (0), a size pass's factors
 #: kept only when the estimate lands on them exactly (the final pass then still takes its
 #: identity view from that pass, which makes the reference slightly faster than it was).
-REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": None, "rescale_tolerance": 0.0}
+REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": 0, "rescale_tolerance": 0.0}
 
 
 def _predictor(ensemble, *, device, tta, tiling, loader, engine, precision=None, sizing=None):
@@ -387,6 +387,19 @@ def peak_memory(models_dir: str | Path, recipe: str, shape: tuple[int, int] = ST
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _peak_rss_kb() -> int | None:
+    """This process's peak resident set size in kB since its last exec (Linux ``VmHWM``), or
+    None where /proc is missing. Not ``getrusage``: its ``ru_maxrss`` survives exec, so a
+    child started by a large parent reports the parent's size at the fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str, threads, sizing=None) -> dict:
     """The child of :func:`peak_memory`."""
     import resource
@@ -404,7 +417,7 @@ def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str
     t0 = time.perf_counter()
     _Clock().run(predictor, ensemble, image)
     seconds = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    peak_kb = _peak_rss_kb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     return {"shape": list(shape), "engine": predictor.engine, "tta": tta, "peak_rss_mb": round(peak_kb / 1024, 1),
             "seconds": round(seconds, 2)}
 
@@ -430,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peak-memory", action="store_true", help="skip the peak-memory run")
     parser.add_argument("--nucleus-px", type=float, help="nucleus diameter of the size-estimated passes (default: the members')")
     parser.add_argument("--max-upscale", type=float, help="largest resize factor (default: the predictor's)")
-    parser.add_argument("--size-max-pixels", type=int, help="pixels the size passes see of a large image (default: all)")
+    parser.add_argument("--size-max-pixels", type=int, help="pixels the size passes see of a large image (default: the predictor's; 0: all)")
     parser.add_argument("--rescale-tolerance", type=float, help="octaves within which a size estimate keeps a pass's factors (default: the predictor's)")
     parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -634,7 +634,7 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     other = submit(world, tmp_path, calibration=cal, tta="flips")  # not the submission calibrated
     assert other.record["expected_score"]["score"] is None
     assert "other members, TTA" in other.record["expected_score"]["note"]
-    assert test.record["sizing"] == {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": None,
+    assert test.record["sizing"] == {"nucleus_px": None, "max_upscale": 2.0, "size_max_pixels": 500_000,
                                      "rescale_tolerance": 0.125}
     resized = submit(world, tmp_path, calibration=cal, nucleus_px=20.0)
     assert resized.record["sizing"]["nucleus_px"] == 20.0
@@ -643,7 +643,7 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     del data["key"]["sizing"]  # a calibration written before the resizing was recorded:
     cal.write_text(json.dumps(data))  # it speaks for the settings of that time only
     assert submit(world, tmp_path, calibration=cal).record["expected_score"]["score"] is None
-    again = submit(world, tmp_path, calibration=cal, rescale_tolerance=0.0)
+    again = submit(world, tmp_path, calibration=cal, rescale_tolerance=0.0, max_upscale=3.0, size_max_pixels=0)
     assert again.record["expected_score"]["score"] == pytest.approx(expected["score"])
 
 
@@ -709,3 +709,18 @@ def test_a_submit_killed_with_sigkill_resumes_and_writes_the_csv_of_an_uninterru
     [first] = (tmp_path / "plain").glob("*.csv")
     [resumed] = (tmp_path / "killed").glob("*.csv")
     assert resumed.read_text() == first.read_text()
+
+
+def test_peak_memory_of_a_child_does_not_count_the_parent_that_started_it():
+    """``ru_maxrss`` survives exec: a child of a large parent would report the parent's size."""
+    from competition.bench_inference import _peak_rss_kb
+
+    if _peak_rss_kb() is None:
+        pytest.skip("no /proc/self/status here")
+    ballast = np.ones(400 * 2**20, np.uint8)  # the parent grows by 400 MB
+    probe = ("import resource; from competition.bench_inference import _peak_rss_kb; "
+             "print(_peak_rss_kb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    own_kb, rusage_kb = (int(v) for v in out.stdout.split())
+    assert ballast.sum() == ballast.size
+    assert 0 < own_kb < 300 * 1024, f"the child reports {own_kb} kB (getrusage says {rusage_kb} kB)"
