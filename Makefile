@@ -21,9 +21,9 @@ ENGINE ?= auto
 # Resize factors of the first nucleus-size pass (empty: the default, 1 0.5 0.25).
 SURVEY ?=
 # Resizing of the size-estimated passes (empty: the defaults): the nucleus diameter they aim
-# at (default: each member's), the largest up-scaling (default 3), and the pixels the size
-# passes see of a large image (default: all of it), and the octaves within which a new size
-# estimate keeps the factors a pass ran at (default 0.125; 0: exact factors only).
+# at (default: each member's), the largest up-scaling (default 2), the pixels the size
+# passes see of a large image (default 500000; 0: all of it), and the octaves within which a
+# new size estimate keeps the factors a pass ran at (default 0.125; 0: exact factors only).
 NUCLEUS_PX ?=
 MAX_UPSCALE ?=
 SIZE_MAX_PIXELS ?=

@@ -312,7 +312,7 @@ def test_nucleus_px_and_max_upscale_set_the_final_resize(tmp_path):
     from competition.ensemble import load_ensemble
     from competition.errors import UserError
     from competition.predict import EnsemblePredictor
-    from competition.predict.ensemble import snap_scale
+    from competition.predict.ensemble import MAX_UPSCALE, snap_scale
 
     models = scaled_member(tmp_path)
     label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px across
@@ -324,12 +324,14 @@ def test_nucleus_px_and_max_upscale_set_the_final_resize(tmp_path):
         _, route = predictor.predict(image)
         return dict(route.scales)["all/a"], route.diameter
 
-    own, d = scale()
-    smaller, d2 = scale(nucleus_px=18.0)
+    own, d = scale(max_upscale=3.0)
+    smaller, d2 = scale(nucleus_px=18.0, max_upscale=3.0)
     assert own == snap_scale(24 / d)
     assert smaller == snap_scale(18 / d2) and smaller < own, "a smaller target diameter resizes less"
     capped, _ = scale(max_upscale=1.5)
     assert own > 1.5 and capped == snap_scale(1.5)
+    default, _ = scale()
+    assert default == snap_scale(min(24 / d, MAX_UPSCALE)), "up-scaling stops at MAX_UPSCALE by default"
     for bad in ({"nucleus_px": 2.0}, {"max_upscale": 0.5}, {"size_max_pixels": 100}):
         with pytest.raises(UserError):
             EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), **bad)
@@ -378,15 +380,15 @@ def test_the_size_passes_of_a_large_image_see_only_its_windows(tmp_path):
     label = disks((192, 256), centres, 6)
     image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
     routes, seen = {}, {}
-    for limit in (None, 4 * 64 * 64):
+    for limit in (0, 4 * 64 * 64):  # 0: the whole image
         nets: list[BrightNet] = []
         predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
                                       engine="torch", survey_factors=(1.0,), size_max_pixels=limit)
         _, routes[limit] = predictor.predict(image)
         seen[limit] = nets[0].seen
-    assert routes[4 * 64 * 64].diameter == pytest.approx(routes[None].diameter, rel=0.1)
+    assert routes[4 * 64 * 64].diameter == pytest.approx(routes[0].diameter, rel=0.1)
     # whole: survey, refinement (which the final pass without TTA reuses)
-    assert seen[None][0] == (224, 288) and len(seen[None]) == 2
+    assert seen[0][0] == (224, 288) and len(seen[0]) == 2
     assert seen[4 * 64 * 64][:4] == [(96, 96)] * 4, "the survey: four 64 px windows plus margins"
     assert len(seen[4 * 64 * 64]) == 4 + 4 + 1, "survey and refinement on windows: nothing to reuse"
-    assert seen[4 * 64 * 64][-1] == seen[None][-1], "the final pass still predicts the whole image"
+    assert seen[4 * 64 * 64][-1] == seen[0][-1], "the final pass still predicts the whole image"

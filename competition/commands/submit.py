@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred.add_argument("--nucleus-px", type=float, metavar="PX",
                       help="nucleus diameter the size-estimated passes resize to (default: each member's nucleus_diameter; lower is faster)")
     pred.add_argument("--max-upscale", type=float, metavar="F",
-                      help="largest resize factor of the size-estimated passes (default: 3)")
+                      help="largest resize factor of the size-estimated passes (default: 2)")
     pred.add_argument("--size-max-pixels", type=int, metavar="N",
-                      help="the size passes of a larger image see four windows of N/4 pixels, not the whole image (default: the whole image)")
+                      help="the size passes of a larger image see four windows of N/4 pixels, not the whole image (default: 500000; 0: the whole image)")
     pred.add_argument("--rescale-tolerance", type=float, metavar="OCTAVES",
                       help="a size estimate within this many octaves of a pass's factors keeps them, and that pass is the identity view of the final one (default: 0.125; 0: exact factors only)")
     pred.add_argument("--postprocess-workers", type=int, metavar="N",
