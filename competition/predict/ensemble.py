@@ -143,8 +143,8 @@ class EnsemblePredictor:
             member's own ``nucleus_diameter``). Below it is cheaper (the pixels go with its
             square) while the members' training jitter covers it.
         max_upscale: the largest resize factor of a size-estimated pass (default
-            :data:`MAX_UPSCALE`; at most :data:`competition.scale.MAX_SCALE` is what the
-            size estimate itself allows): images of tiny nuclei cost its square.
+            :data:`MAX_UPSCALE`; :data:`competition.scale.MAX_SCALE`, 3, before): images of
+            tiny nuclei cost its square.
         size_max_pixels: the size passes of a larger image see at most this many pixels of
             it, in four windows spread over the image, instead of the whole image (default
             :data:`SIZE_MAX_PIXELS`; 0: the whole image). The final pass always predicts the
@@ -190,7 +190,7 @@ class EnsemblePredictor:
         if not 1 <= self.max_upscale <= 8:
             raise UserError(f"max_upscale must lie in [1, 8], got {max_upscale}")
         size_max_pixels = SIZE_MAX_PIXELS if size_max_pixels is None else int(size_max_pixels)
-        self.size_max_pixels = int(size_max_pixels) or None  # None: the whole image
+        self.size_max_pixels = size_max_pixels or None  # None: the whole image
         if self.size_max_pixels is not None and self.size_max_pixels < 4 * 64 * 64:
             raise UserError(f"size_max_pixels must be at least {4 * 64 * 64} (four 64 px windows), got {size_max_pixels}")
         self.rescale_tolerance = float(RESCALE_TOLERANCE if rescale_tolerance is None else rescale_tolerance)
