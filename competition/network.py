@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -36,18 +37,21 @@ _warned_offline = False
 # ----------------------------------------------------------------------------- building
 
 
-def build_network(arch: str, encoder: str, n_channels: int) -> nn.Module:
+def build_network(arch: str, encoder: str, n_channels: int,
+                  decoder_channels: Sequence[int] = ()) -> nn.Module:
     """An smp network with random weights (``encoder_weights=None``; no download).
 
     Args:
         arch: smp architecture name (``Unet``).
         encoder: smp encoder name.
         n_channels: output channels (sigmoid applied outside).
+        decoder_channels: decoder widths, deepest first; empty = the architecture's default.
     """
     import segmentation_models_pytorch as smp
 
+    extra = {"decoder_channels": list(decoder_channels)} if decoder_channels else {}
     return smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=3,
-                            classes=n_channels)
+                            classes=n_channels, **extra)
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

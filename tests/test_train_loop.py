@@ -235,6 +235,31 @@ def test_a_run_from_before_a_new_member_key_still_resumes(data, tmp_path):
     assert fit(member(), data, out, "cpu", channels=CHANNELS)["finished"] is True
 
 
+def test_a_narrow_decoder_trains_reloads_and_reproduces_its_oof(data, tmp_path):
+    widths = (32, 16, 16, 8, 8)
+    out = tmp_path / "narrow"
+    fit(member(epochs=1, decoder_channels=widths), data, out, "cpu", channels=CHANNELS)
+    model, config = load_member(out)
+    assert config["member"]["decoder_channels"] == list(widths)
+    assert model.segmentation_head[0].in_channels == 8
+    default = build_network("Unet", "mobilenet_v2", 3)
+    assert sum(p.numel() for p in model.decoder.parameters()) < sum(
+        p.numel() for p in default.decoder.parameters()) / 4
+    with np.load(out / "oof.npz") as z:
+        image_id = str(z["ids"][0])
+        image = next(d.image for d in data if d.image_id == image_id)
+        stored = z[f"p_{image_id}"].astype(np.float32)
+        assert np.abs(predict_probs(model, image, config) * float(z["scale"]) - stored).max() <= 1.0
+    # a member folder written before the key existed builds smp's default decoder
+    default_out = tmp_path / "old"
+    fit(member(epochs=1), data, default_out, "cpu", channels=CHANNELS)
+    old = json.loads((default_out / "config.json").read_text())
+    del old["member"]["decoder_channels"]
+    (default_out / "config.json").write_text(json.dumps(old))
+    model, _ = load_member(default_out)
+    assert model.segmentation_head[0].in_channels == 16
+
+
 def test_changed_config_refuses_to_resume(data, tmp_path):
     fit(member(), data, tmp_path / "m", "cpu", channels=CHANNELS, stop_after=1)
     with pytest.raises(UserError, match="different member config"):

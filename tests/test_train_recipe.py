@@ -163,6 +163,39 @@ def test_member_dict_round_trip():
     assert back == m
 
 
+def test_decoder_channels_parse_round_trip_and_default_to_smp():
+    import json
+
+    doc = {**BASE, "all": [{"name": "a", "decoder_channels": [64, 32, 16, 16, 8]}, {"name": "b"}]}
+    a, b = parse(doc).members
+    assert a.decoder_channels == (64, 32, 16, 16, 8)
+    assert b.decoder_channels == ()
+    assert member_from_dict(json.loads(json.dumps(a.to_dict()))) == a
+
+
+@pytest.mark.parametrize("value, message", [
+    ([64, 32, 16, 16], "5 positive widths"),
+    ([64, 32, 16, 16, 0], "5 positive widths"),
+    ([64, 32, 16, 16, 8.5], "list of integers"),
+    ("64", "list of integers"),
+])
+def test_bad_decoder_channels_are_an_error(value, message):
+    with pytest.raises(UserError, match=message):
+        parse({**BASE, "all": [{"name": "a", "decoder_channels": value}]})
+
+
+def test_decoder_channels_need_an_arch_that_takes_them():
+    with pytest.raises(UserError, match="FPN has no decoder_channels"):
+        parse({**BASE, "all": [{"name": "a", "arch": "FPN", "decoder_channels": [8] * 5}]})
+
+
+def test_init_from_a_parent_of_another_shape_is_an_error():
+    doc = {**BASE, "all": [{"name": "a", "decoder_channels": [64, 32, 16, 16, 8]}],
+           "histology": [{"name": "h", "init_from": "all/a"}]}
+    with pytest.raises(UserError, match="would not fit"):
+        parse(doc)
+
+
 def test_member_types_match_the_data_package():
     types = pytest.importorskip("competition.data.types")
     assert MEMBER_TYPES[1:] == tuple(types.IMAGE_TYPES)

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from competition.predict.forward import NetworkTimer, Tiling, predict_network
-from competition.predict.preprocess import IMAGENET_MEAN, IMAGENET_STD, invert_for, margin_of, normalise
+from competition.predict.preprocess import (IMAGENET_MEAN, IMAGENET_STD, equalise_input, input_norm_of,
+                                           invert_for, margin_of, normalise)
 
 __all__ = ["LoadedMember", "predict_member", "predict_scaled"]
 
@@ -66,14 +67,17 @@ def predict_member(
     timer: NetworkTimer | None = None,
     views: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """One member's probabilities for one image: normalise (with the member's invert
-    decision, taken on the whole image), then :func:`~competition.predict.forward.predict_network`
+    """One member's probabilities for one image: equalise (the member's ``input_norm``) and
+    normalise (with the member's invert decision), both measured on the whole image
+    as given, then :func:`~competition.predict.forward.predict_network`
     with the member's training margin, precision and engine.
 
     Shapes: image (H, W, 3) uint8 -> probs (C, H, W) float32.
     """
     config = member.config
-    x = normalise(image, invert_for(image, config), config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD))
+    invert = invert_for(image, config)
+    x = normalise(equalise_input(image, input_norm_of(config)), invert,
+                  config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD))
     net = member.model if member.engine is None else member.engine
     return predict_network(net, x, tta=tta, tiling=tiling, device=device, timer=timer,
                            margin=margin_of(config), precision=member.precision, views=views)

@@ -1,6 +1,7 @@
 """What every image goes through before a network, in training and prediction alike.
 
-RGB uint8 -> (optional) inversion of dark-on-light images -> ImageNet normalisation ->
+RGB uint8 -> (optional) per-image intensity stretch or grey input (:func:`equalise_input`,
+a member's ``input_norm``) -> (optional) inversion of dark-on-light images -> ImageNet normalisation ->
 float32 CHW; before the forward pass, reflection padding by the training margin on every
 side and up to a multiple of the encoders' output stride (:func:`pad_for_network`).
 Training imports this module; it never imports training.
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "STRIDE", "LIGHT_BACKGROUND_THRESHOLD",
-           "DEFAULT_MARGIN", "is_dark_on_light", "normalise", "invert_for", "margin_of",
+           "DEFAULT_MARGIN", "INPUT_NORMS", "STRETCH_PERCENTILES", "is_dark_on_light",
+           "stretch", "to_gray", "equalise_input", "input_norm_of", "normalise", "invert_for", "margin_of",
            "pad_for_network"]
 
 #: ImageNet statistics (never ask smp: ``get_preprocessing_params`` downloads).
@@ -25,6 +27,13 @@ STRIDE = 32
 #: An image is dark-on-light (brightfield, stained histology) when its median grey level,
 #: on a 0..255 scale, is above this.
 LIGHT_BACKGROUND_THRESHOLD = 127.0
+#: A member's ``input_norm``: ``"imagenet"`` (the image as it is), ``"stretch"`` (per-image
+#: robust stretch of the grey level, colours kept) or ``"gray"`` (the stretched grey level in
+#: all three channels).
+INPUT_NORMS = ("imagenet", "stretch", "gray")
+#: The grey levels mapped to 0 and 255 by the stretch (symmetric, so stretching commutes
+#: with the dark-on-light inversion).
+STRETCH_PERCENTILES = (0.5, 99.5)
 #: The reflection margin of training crops (a member's ``pad``) when a config lacks it.
 DEFAULT_MARGIN = 16
 
@@ -42,6 +51,64 @@ def is_dark_on_light(image: np.ndarray) -> bool:
     sub = image[::step, ::step]
     grey = sub.reshape(-1, sub.shape[-1]).mean(axis=1) if sub.ndim == 3 else sub.ravel()
     return bool(np.median(grey) > LIGHT_BACKGROUND_THRESHOLD)
+
+
+def _subsample(image: np.ndarray) -> np.ndarray:
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 65536)))  # ~64k pixels
+    return image[::step, ::step]
+
+
+def stretch(image: np.ndarray) -> np.ndarray:
+    """Per-image robust stretch: the grey level's :data:`STRETCH_PERCENTILES` (measured on a
+    strided subsample of about 64k pixels) go to 0 and 255, every channel by the same
+    linear map (colours kept); a flat image (percentiles under one grey level apart) is
+    returned as it is.
+
+    Shapes: image H×W×3 uint8 -> H×W×3 uint8.
+    """
+    sub = _subsample(image).astype(np.float32)
+    lo, hi = np.percentile(sub.mean(axis=2), STRETCH_PERCENTILES)
+    if hi - lo < 1.0:
+        return image
+    x = (image.astype(np.float32) - lo) * np.float32(255.0 / (hi - lo))
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """The grey level (channel mean, rounded) in all three channels the encoder takes.
+
+    Shapes: image H×W×3 uint8 -> H×W×3 uint8.
+    """
+    grey = np.rint(image.astype(np.float32).mean(axis=2)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def equalise_input(image: np.ndarray, mode: str) -> np.ndarray:
+    """Make images alike before the network (a member's ``input_norm``).
+
+    ``"stretch"``: :func:`stretch`, so dim and bright, flat and contrasty images reach the
+    network alike; ``"gray"``: :func:`to_gray` of that, so stain colour cannot matter.
+    Training stretches each whole image once and, for ``"gray"``, greys each crop after the
+    augmentation (colour jitter becomes brightness jitter); prediction does both here, on
+    the image it is given (whole, possibly resized). Grey of the stretch equals the stretch
+    of the grey up to rounding, since every channel gets the same map.
+
+    Args:
+        image: H×W×3 uint8.
+        mode: one of :data:`INPUT_NORMS`; ``"imagenet"`` returns ``image`` itself.
+    """
+    if mode == "imagenet":
+        return image
+    if mode == "stretch":
+        return stretch(image)
+    if mode == "gray":
+        return to_gray(stretch(image))
+    raise ValueError(f"input_norm {mode!r} is not one of {INPUT_NORMS}")
+
+
+def input_norm_of(config: Mapping[str, Any]) -> str:
+    """A member's ``input_norm`` (``"imagenet"`` for members trained before it existed)."""
+    return str((config.get("member") or {}).get("input_norm", "imagenet"))
 
 
 def normalise(image: np.ndarray, invert: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:

@@ -18,6 +18,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,6 +289,13 @@ class CropDataset(torch.utils.data.Dataset):
         self.weights = sample_weights(self.images, member.sampling)
         self.inverts = bool(invert)
         self.invert = [invert and is_dark_on_light(im.image) for im in self.images]
+        #: a member's input_norm: every whole image stretched once here (the invert decision
+        #: above stays the raw image's, as in prediction); "gray" greys crops after augmenting.
+        self.input_norm = getattr(member, "input_norm", "imagenet")
+        if self.input_norm != "imagenet":
+            from competition.predict.preprocess import stretch
+
+            self.images = [dataclasses.replace(im, image=stretch(im.image)) for im in self.images]
         #: per-image resize factor to the member's nucleus diameter (1 when it is 0).
         self.base_scale = [1.0] * len(self.images)
         target = member.nucleus_diameter
@@ -359,11 +367,13 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         from competition.targets import make_targets
-        from competition.predict.preprocess import normalise
+        from competition.predict.preprocess import normalise, to_gray
 
         image, label, mask, invert, _ = self.crop(index)
         targets = make_targets(label, self.channels, boundary_width=self.member.boundary_width,
                                gap_width=self.member.gap_width)
+        if self.input_norm == "gray":
+            image = to_gray(image)
         x = normalise(image, invert)
         return (torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(targets)),
                 torch.from_numpy(mask[None].astype(np.float32)))

@@ -497,7 +497,7 @@ def _fit(
                         old["compute_precision"], config["compute_precision"])
 
     torch.manual_seed(member.seed)
-    model = build_network(member.arch, member.encoder, len(channels))
+    model = build_network(member.arch, member.encoder, len(channels), member.decoder_channels)
     resume = (out_dir / "last.pt").is_file()
     if parent_config is not None:
         best = torch.load(init_dir / "best.pt", map_location="cpu", weights_only=True)

@@ -53,7 +53,8 @@ def load_member(folder: str | Path, device: str | torch.device = "cpu") -> tuple
         if not (folder / name).is_file():
             raise UserError(f"{folder} is not a trained member folder: no {name}")
     config = json.loads((folder / "config.json").read_text())
-    model = build_network(config["arch"], config["encoder"], len(config["channels"]))
+    model = build_network(config["arch"], config["encoder"], len(config["channels"]),
+                          config.get("member", {}).get("decoder_channels", ()))
     best = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(best["model"])
     model.to(device).eval()

@@ -58,6 +58,7 @@ AUGMENTS = ("none", "light", "strong", "invariant")
 SOFT_LOSSES = ("dice", "jaccard", "none")
 SAMPLINGS = ("uniform", "balanced", "sqrt")
 INVERT_CHOICES = (True, False, "auto")
+INPUT_NORMS = ("imagenet", "stretch", "gray")  # competition.predict.preprocess.INPUT_NORMS
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class Member:
         name: unique within its type; the folder is ``models/<recipe>/<type>/<name>``.
         arch: smp architecture (``Unet``, ``UnetPlusPlus``, ``FPN``, ...).
         encoder: smp encoder name (``resnet18``, ``efficientnet-b0``, ...).
+        decoder_channels: the decoder blocks' widths, deepest first (one per encoder
+            stage: 5 ints), for architectures that take them (``Unet``, ``UnetPlusPlus``,
+            ``MAnet``); empty = smp's default (256, 128, 64, 32, 16). Narrower blocks make
+            a light encoder's UNet much cheaper to run (issue 11).
         encoder_weights: ``"none"``, ``"imagenet"`` (needs internet), ``"imagenet-offline"``
             (ImageNet weights from an installed registry package: the
             ``timm-tf_efficientnet_lite0..2`` encoders) or a local file path.
@@ -117,6 +122,10 @@ class Member:
         invert: invert dark-on-light images before the network: true, false or ``"auto"``
             (inherit from ``init_from``, else true when the training images mix both
             polarities); the decision is recorded in ``config.json``.
+        input_norm: what every image goes through before the network, in training and
+            prediction alike (:func:`competition.predict.preprocess.equalise_input`):
+            ``"imagenet"`` (as it is), ``"stretch"`` (per-image robust intensity stretch,
+            colours kept) or ``"gray"`` (stretched grey level in all three channels).
         boundary_width: passed to :func:`competition.targets.make_targets`.
         gap_width: passed to :func:`competition.targets.make_targets`.
         valid_every: validate every N epochs (and always after the last).
@@ -143,6 +152,7 @@ class Member:
     name: str
     arch: str = "Unet"
     encoder: str = "resnet18"
+    decoder_channels: tuple[int, ...] = ()
     encoder_weights: str = "none"
     on_missing_weights: str = "fail"
     crop_size: int = 256
@@ -164,6 +174,7 @@ class Member:
     seed: int = 0
     init_from: str | None = None
     invert: bool | str = "auto"
+    input_norm: str = "imagenet"
     boundary_width: int = 2
     gap_width: int = 2
     valid_every: int = 1
@@ -275,6 +286,12 @@ def _build_member(mtype: str, table: dict, where: str) -> Member:
     for key, value in table.items():
         if key == "loss":
             kwargs["loss"] = _build_loss(value, where)
+        elif key == "decoder_channels":
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise UserError(f"{where}.decoder_channels: expected a list of integers, "
+                                f"got {value!r}")
+            kwargs[key] = tuple(value)
         elif key in ("name", "init_from"):
             if not isinstance(value, str) or not value:
                 raise UserError(f"{where}.{key}: expected a non-empty string, got {value!r}")
@@ -294,6 +311,16 @@ def valid_archs() -> list[str]:
     import segmentation_models_pytorch as smp
 
     return sorted(a.__name__ for a in smp.MODEL_ARCHITECTURES_MAPPING.values())
+
+
+def arch_takes_decoder_channels(arch: str) -> bool:
+    """Whether smp's ``arch`` accepts a ``decoder_channels`` list (Unet, UnetPlusPlus, ...)."""
+    import inspect
+
+    import segmentation_models_pytorch as smp
+
+    cls = next((a for a in smp.MODEL_ARCHITECTURES_MAPPING.values() if a.__name__ == arch), None)
+    return cls is not None and "decoder_channels" in inspect.signature(cls.__init__).parameters
 
 
 def valid_encoders() -> list[str]:
@@ -328,6 +355,7 @@ def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
     _choice(m.augment, AUGMENTS, f"{where}.augment")
     _choice(m.sampling, SAMPLINGS, f"{where}.sampling")
     _choice(m.invert, INVERT_CHOICES, f"{where}.invert")
+    _choice(m.input_norm, INPUT_NORMS, f"{where}.input_norm")
     _choice(m.loss.soft, SOFT_LOSSES, f"{where}.loss.soft")
     if not isinstance(m.loss.log_soft, bool):
         raise UserError(f"{where}.loss.log_soft: expected true or false")
@@ -352,6 +380,13 @@ def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
             raise UserError(f"{where}.{name}: must be >= 0")
     if m.nucleus_diameter < 0 or (0 < m.nucleus_diameter < 4):
         raise UserError(f"{where}.nucleus_diameter: 0 (native scale) or at least 4 pixels")
+    if m.decoder_channels:
+        if len(m.decoder_channels) != 5 or min(m.decoder_channels) < 1:
+            raise UserError(f"{where}.decoder_channels: 5 positive widths, one per encoder "
+                            f"stage (deepest first), got {list(m.decoder_channels)}")
+        if not arch_takes_decoder_channels(m.arch):
+            raise UserError(f"{where}.decoder_channels: architecture {m.arch} has no "
+                            "decoder_channels (Unet, UnetPlusPlus and MAnet do)")
     if not 0 <= m.copy_paste <= 1:
         raise UserError(f"{where}.copy_paste: a probability in [0, 1]")
     if m.scale_jitter < 1:
@@ -456,6 +491,18 @@ def parse_recipe(data: dict, *, name: str, path: str = "") -> Recipe:
                     f"{where} {m.key}: init_from must name an 'all/<name>' member (for an "
                     f"'all' member: one listed before it), got {m.init_from!r}"
                 )
+            if parent.input_norm != m.input_norm:
+                raise UserError(
+                    f"{where} {m.key}: init_from {parent.key} was trained on input_norm = "
+                    f"{parent.input_norm!r} inputs, this member on {m.input_norm!r}")
+            if (parent.arch, parent.encoder, parent.decoder_channels) != (
+                    m.arch, m.encoder, m.decoder_channels):
+                raise UserError(
+                    f"{where} {m.key}: init_from {parent.key} is a {parent.arch} "
+                    f"{parent.encoder} decoder {list(parent.decoder_channels) or 'default'}, "
+                    f"this member a {m.arch} {m.encoder} decoder "
+                    f"{list(m.decoder_channels) or 'default'}: its weights would not fit"
+                )
             if parent.fold != m.fold:
                 raise UserError(
                     f"{where} {m.key}: init_from {parent.key} was validated on fold "
@@ -506,5 +553,7 @@ def member_from_dict(d: dict) -> Member:
     d = dict(d)
     loss = LossConfig(**{**d.pop("loss", {})})
     loss = dataclasses.replace(loss, channel_weights=tuple(loss.channel_weights))
+    if "decoder_channels" in d:
+        d["decoder_channels"] = tuple(d["decoder_channels"])
     known = set(_field_names(Member))
     return Member(loss=loss, **{k: v for k, v in d.items() if k in known})
