@@ -260,6 +260,15 @@ def test_a_narrow_decoder_trains_reloads_and_reproduces_its_oof(data, tmp_path):
     assert model.segmentation_head[0].in_channels == 16
 
 
+def test_a_run_from_before_the_decoder_and_input_keys_still_resumes(data, tmp_path):
+    out = tmp_path / "m"
+    fit(member(), data, out, "cpu", channels=CHANNELS, stop_after=1)
+    config = json.loads((out / "config.json").read_text())
+    del config["member"]["decoder_channels"], config["member"]["input_norm"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert fit(member(), data, out, "cpu", channels=CHANNELS)["finished"] is True
+
+
 def test_changed_config_refuses_to_resume(data, tmp_path):
     fit(member(), data, tmp_path / "m", "cpu", channels=CHANNELS, stop_after=1)
     with pytest.raises(UserError, match="different member config"):

@@ -47,8 +47,7 @@ def is_dark_on_light(image: np.ndarray) -> bool:
 
     Shapes: image H×W×3 uint8.
     """
-    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 65536)))  # ~64k pixels
-    sub = image[::step, ::step]
+    sub = _subsample(image)
     grey = sub.reshape(-1, sub.shape[-1]).mean(axis=1) if sub.ndim == 3 else sub.ravel()
     return bool(np.median(grey) > LIGHT_BACKGROUND_THRESHOLD)
 

@@ -18,8 +18,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -291,11 +290,11 @@ class CropDataset(torch.utils.data.Dataset):
         self.invert = [invert and is_dark_on_light(im.image) for im in self.images]
         #: a member's input_norm: every whole image stretched once here (the invert decision
         #: above stays the raw image's, as in prediction); "gray" greys crops after augmenting.
-        self.input_norm = getattr(member, "input_norm", "imagenet")
+        self.input_norm = member.input_norm
         if self.input_norm != "imagenet":
             from competition.predict.preprocess import stretch
 
-            self.images = [dataclasses.replace(im, image=stretch(im.image)) for im in self.images]
+            self.images = [replace(im, image=stretch(im.image)) for im in self.images]
         #: per-image resize factor to the member's nucleus diameter (1 when it is 0).
         self.base_scale = [1.0] * len(self.images)
         target = member.nucleus_diameter

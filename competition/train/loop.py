@@ -368,7 +368,7 @@ def _same_member(old: Mapping | None, new: Mapping) -> bool:
     old run count as equal when the new config leaves them at their default."""
     if old is None:
         return False
-    defaults = Member(type=str(new.get("type", "all")), name=str(new.get("name", "x"))).to_dict()
+    defaults = _member_json(Member(type=str(new.get("type", "all")), name=str(new.get("name", "x"))))
     filled = {**{k: v for k, v in new.items() if k not in old and v == defaults.get(k)}, **old}
     return filled == dict(new)
 

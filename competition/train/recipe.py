@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from competition.errors import UserError, check_keys
+from competition.predict.preprocess import INPUT_NORMS
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ AUGMENTS = ("none", "light", "strong", "invariant")
 SOFT_LOSSES = ("dice", "jaccard", "none")
 SAMPLINGS = ("uniform", "balanced", "sqrt")
 INVERT_CHOICES = (True, False, "auto")
-INPUT_NORMS = ("imagenet", "stretch", "gray")  # competition.predict.preprocess.INPUT_NORMS
 
 
 @dataclass(frozen=True)
