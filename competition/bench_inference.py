@@ -374,7 +374,8 @@ def bench_stage2(models_dir: str | Path, recipe: str, n_images: int = 100, *, ev
 
 
 def peak_memory(models_dir: str | Path, recipe: str, shape: tuple[int, int] = STAGE2_SHAPES[-1][:2], *,
-                tta: str = "flips", engine: str = "auto", threads: int | None = None, sizing: dict | None = None) -> dict:
+                tta: str = "flips", engine: str = "auto", threads: int | None = None, sizing: dict | None = None,
+                tiling=None) -> dict:
     """Maximum resident set size of a fresh process that loads the ensemble and predicts
     (and post-processes) one generated image of ``shape``: ``{"shape", "peak_rss_mb", "seconds"}``."""
     command = [sys.executable, "-m", "competition.bench_inference", "--models", str(models_dir), "--recipe", recipe,
@@ -384,6 +385,9 @@ def peak_memory(models_dir: str | Path, recipe: str, shape: tuple[int, int] = ST
     for name, value in (sizing or {}).items():
         if value is not None:
             command += [f"--{name.replace('_', '-')}", str(value)]
+    if tiling is not None:
+        command += ["--tile-size", str(tiling.tile_size), "--tile-overlap", str(tiling.overlap),
+                    "--max-side", str(tiling.max_side), "--batch-size", str(tiling.batch_size)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"peak-memory run failed: {out.stderr[-2000:]}")
@@ -403,7 +407,8 @@ def _peak_rss_kb() -> int | None:
     return None
 
 
-def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str, threads, sizing=None) -> dict:
+def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str, threads, sizing=None,
+               tiling=None) -> dict:
     """The child of :func:`peak_memory`."""
     import resource
 
@@ -416,7 +421,7 @@ def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str
     set_threads(threads)
     ensemble = load_ensemble(models_dir, recipe, create=False)
     image, _ = draw_image("histology", shape, np.random.default_rng(0))
-    predictor = _predictor(ensemble, device="cpu", tta=tta, tiling=None, loader=None, engine=engine, sizing=sizing)
+    predictor = _predictor(ensemble, device="cpu", tta=tta, tiling=tiling, loader=None, engine=engine, sizing=sizing)
     t0 = time.perf_counter()
     _Clock().run(predictor, ensemble, image)
     seconds = time.perf_counter() - t0
@@ -428,6 +433,9 @@ def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str
 def main(argv: list[str] | None = None) -> int:
     """Command line: stage-1 lines (one per TTA mode, then the reference), the stage-2-like
     lines and the peak memory."""
+    from competition.errors import UserError
+    from competition.predict import Tiling
+
     parser = argparse.ArgumentParser(prog="python -m competition.bench_inference", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--models", type=Path, default=Path("models"), help="models folder")
@@ -448,12 +456,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-upscale", type=float, help="largest resize factor (default: the predictor's)")
     parser.add_argument("--size-max-pixels", type=int, help="pixels the size passes see of a large image (default: the predictor's; 0: all)")
     parser.add_argument("--rescale-tolerance", type=float, help="octaves within which a size estimate keeps a pass's factors (default: the predictor's)")
+    defaults = Tiling()
+    parser.add_argument("--tile-size", type=int, default=defaults.tile_size, help="window side for large images (multiple of 32)")
+    parser.add_argument("--tile-overlap", type=int, default=defaults.overlap, help="minimum window overlap (multiple of 32)")
+    parser.add_argument("--max-side", type=int, default=defaults.max_side, help="images with a (padded) side above this are tiled")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="windows x TTA views per forward pass")
     parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)  # progress of the long stage-2-like run
-    from competition.errors import UserError
 
+    try:
+        tiling = Tiling(tile_size=args.tile_size, overlap=args.tile_overlap, max_side=args.max_side,
+                        batch_size=args.batch_size)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sizing = {k: v for k, v in (("nucleus_px", args.nucleus_px), ("max_upscale", args.max_upscale),
                                   ("size_max_pixels", args.size_max_pixels),
                                   ("rescale_tolerance", args.rescale_tolerance)) if v is not None}
@@ -461,10 +479,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.one_image:
             height, width = (int(v) for v in args.one_image.split("x"))
             print(json.dumps(_one_image(args.models, args.recipe, (height, width), args.tta[-1], args.engine,
-                                        args.threads, sizing)))
+                                        args.threads, sizing, tiling)))
             return 0
         timings = bench_inference(args.models, args.recipe, args.data, args.n_images, args.tta, device=args.device,
-                                  threads=args.threads, engine=args.engine,
+                                  threads=args.threads, engine=args.engine, tiling=tiling,
                                   reference=None if args.no_reference else "flips", sizing=sizing)
         for timing in timings:
             print(timing.line(), flush=True)
@@ -476,11 +494,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage2_like:
             report = bench_stage2(args.models, args.recipe, args.stage2_like, every=0 if args.no_reference else
                                   args.reference_every, device=args.device, engine=args.engine, threads=args.threads,
-                                  sizing=sizing)
+                                  sizing=sizing, tiling=tiling)
             for line in report.lines()[: 1 if args.no_reference else 2]:
                 print(line, flush=True)
         if not args.no_peak_memory:
-            peak = peak_memory(args.models, args.recipe, engine=args.engine, threads=args.threads, sizing=sizing)
+            peak = peak_memory(args.models, args.recipe, engine=args.engine, threads=args.threads, sizing=sizing,
+                               tiling=tiling)
             print(f"peak memory: {peak['peak_rss_mb'] / 1024:.2f} GB resident predicting one "
                   f"{peak['shape'][0]}x{peak['shape'][1]} image ({peak['engine']}, TTA {peak['tta']}, "
                   f"{peak['seconds']:.1f} s)")

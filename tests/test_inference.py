@@ -232,6 +232,28 @@ def test_tiling_rejects_sizes_off_the_stride():
         Tiling(tile_size=128, overlap=128)
 
 
+
+def test_the_submit_and_bench_command_lines_default_to_the_tiling_that_validation_uses(monkeypatch):
+    # holdout and tuning predict with Tiling(); a submit default that drifted from it would
+    # submit through a path the local score did not see
+    from competition import bench_inference
+    from competition.cli import build_parser
+
+    expected = Tiling()
+    submit = build_parser().parse_args(["submit", "--recipe", "r", "--data", "d"])
+    assert (submit.tile_size, submit.tile_overlap, submit.max_side, submit.batch_size) == (
+        expected.tile_size, expected.overlap, expected.max_side, expected.batch_size)
+    seen = {}
+
+    def record(*args, tiling=None, **kwargs):
+        seen["tiling"] = tiling
+        return []
+
+    monkeypatch.setattr(bench_inference, "bench_inference", record)
+    assert bench_inference.main(["--stage2-like", "0", "--no-peak-memory", "--no-reference", "--tta", "none"]) == 0
+    assert seen["tiling"] == expected
+    assert bench_inference.main(["--tile-size", "500", "--stage2-like", "0"]) == 2
+
 # ----------------------------------------------------------------------------- ensembles and routing
 
 
