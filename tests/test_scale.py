@@ -390,6 +390,5 @@ def test_the_size_passes_of_a_large_image_see_only_its_windows(tmp_path):
     # whole: survey, refinement (which the final pass without TTA reuses)
     assert seen[0][0] == (224, 288) and len(seen[0]) == 2
     assert seen[4 * 64 * 64][:4] == [(96, 96)] * 4, "the survey: four 64 px windows plus margins"
-    assert len(seen[4 * 64 * 64]) == 4 + 1, "the survey on windows, the refinement on the whole image, reused"
-    assert seen[4 * 64 * 64][-1] == seen[0][-1], "the refinement (the final pass's view) predicts the whole image"
-    assert predictor.timings.reused_views == 1
+    assert len(seen[4 * 64 * 64]) == 4 + 4 + 1, "survey and refinement on windows: nothing to reuse"
+    assert seen[4 * 64 * 64][-1] == seen[0][-1], "the final pass still predicts the whole image"

@@ -51,10 +51,8 @@ RESCALE_TOLERANCE = 0.125
 #: inference 115 min against 141 (README, "Inference speed").
 MAX_UPSCALE = 2.0
 
-#: The size passes of an image above this many pixels measure four windows of it
-#: (:func:`size_windows`), not the whole image: the survey predicts only those; a refinement
-#: pass predicts all of it (the final pass reuses that as its identity view) and
-#: post-processes only the windows.
+#: The size passes of an image above this many pixels look at four windows of it
+#: (:func:`size_windows`), not the whole image; the final pass always predicts all of it.
 SIZE_MAX_PIXELS = 500_000
 
 
@@ -147,10 +145,10 @@ class EnsemblePredictor:
         max_upscale: the largest resize factor of a size-estimated pass (default
             :data:`MAX_UPSCALE`; :data:`competition.scale.MAX_SCALE`, 3, before): images of
             tiny nuclei cost its square.
-        size_max_pixels: the size passes of a larger image measure at most this many
-            pixels of it, in four windows spread over the image, instead of the whole image
-            (default :data:`SIZE_MAX_PIXELS`; 0: the whole image); the survey predicts only
-            the windows, a refinement pass and the final pass the whole image.
+        size_max_pixels: the size passes of a larger image see at most this many pixels of
+            it, in four windows spread over the image, instead of the whole image (default
+            :data:`SIZE_MAX_PIXELS`; 0: the whole image). The final pass always predicts the
+            whole image.
         rescale_tolerance: octaves within which a new size estimate keeps the factors a
             pass already ran at (default :data:`RESCALE_TOLERANCE`; 0: only the same
             factors), see :meth:`_estimate_scales`.
@@ -323,16 +321,13 @@ class EnsemblePredictor:
         trusted (large, dim nuclei break up at the native size, where they are several
         times what the network was trained on, and come out whole when shrunk). Each
         further pass (``size_passes``) predicts at the current factors and measures again.
-        An image above ``size_max_pixels`` is measured on :func:`size_windows` of it: the
-        survey predicts only those windows, a further pass predicts the whole image (the final
-        pass reuses it when its factors stay) and post-processes only the windows of it.
+        An image above ``size_max_pixels`` is measured on :func:`size_windows` of it.
 
         Factors within ``rescale_tolerance`` octaves of ones a pass already ran at are
         replaced by those (the estimate moving by less is well inside its own error and the
         members' training jitter), so a pass is never repeated at nearly the same size, and
-        the last pass's probabilities at the factors kept (unless only the survey's windows
-        ran there) are returned for :meth:`predict` to use as the identity view of the final
-        pass.
+        the last pass's probabilities at the factors kept (whole images only) are returned
+        for :meth:`predict` to use as the identity view of the final pass.
 
         Returns:
             (the route with its diameter and scales, member key -> probabilities at those
@@ -350,33 +345,22 @@ class EnsemblePredictor:
         #: factors a pass ran at (sorted member items) -> (its estimate, the members' probabilities if whole)
         ran: dict[tuple[tuple[str, float], ...], tuple[float | None, dict[str, np.ndarray]]] = {}
 
-        def mean_of(view: np.ndarray, factors: dict[str, float], kept: dict[str, np.ndarray] | None) -> np.ndarray:
-            mean: np.ndarray | None = None
-            for member, weight in route.members:
-                p = predict_scaled(self.members[member], view, factors[member], tta="none", tiling=self.tiling,
-                                   device=self.device, timer=self.timings.network)
-                if kept is not None:
-                    kept[member] = p
-                mean = p * (weight / total) if mean is None else mean + p * (weight / total)
-            assert mean is not None
-            return mean
-
-        def measure(factors: dict[str, float], *, survey: bool) -> float | None:
+        def measure(factors: dict[str, float]) -> float | None:
             key = tuple(sorted(factors.items()))
             if key in ran:
                 return ran[key][0]
             areas, kept = [], {}
-            if whole or survey:
-                for window, inner in windows:
-                    mean = mean_of(image[window], factors, kept if whole else None)
-                    areas.append(object_areas(watershed_instances(mean, params, self.channels), cut_edges=inner))
-            else:
-                # a refinement pass predicts the whole image (the final pass at these factors
-                # reuses it as its identity view) and measures it on the windows
-                mean = mean_of(image, factors, kept)
-                for window, inner in windows:
-                    label = watershed_instances(mean[(slice(None), *window)], params, self.channels)
-                    areas.append(object_areas(label, cut_edges=inner))
+            for window, inner in windows:
+                view = image[window]
+                mean: np.ndarray | None = None
+                for member, weight in route.members:
+                    p = predict_scaled(self.members[member], view, factors[member], tta="none", tiling=self.tiling,
+                                       device=self.device, timer=self.timings.network)
+                    if whole:
+                        kept[member] = p
+                    mean = p * (weight / total) if mean is None else mean + p * (weight / total)
+                assert mean is not None
+                areas.append(object_areas(watershed_instances(mean, params, self.channels), cut_edges=inner))
             estimate = diameter_of_areas(np.concatenate(areas), min_area=params.min_size)
             ran[key] = (estimate, kept)
             return estimate
@@ -394,7 +378,7 @@ class EnsemblePredictor:
         for factor in self.survey_factors:
             if smallest * factor < 32:
                 continue
-            estimate = measure({k: factor for k, _ in route.members}, survey=True)
+            estimate = measure({k: factor for k, _ in route.members})
             if estimate is None:
                 continue
             misfit = abs(math.log(estimate * factor / target))
@@ -409,7 +393,7 @@ class EnsemblePredictor:
         for _ in range(self.size_passes - 1):
             if diameter is None or tuple(sorted(scales.items())) in ran:
                 break  # a pass at these factors ran already: it would measure the same again
-            estimate = measure(scales, survey=False)
+            estimate = measure(scales)
             if estimate is None:  # nothing found at this scale: keep the previous estimate
                 break
             diameter = estimate
