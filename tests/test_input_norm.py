@@ -50,6 +50,19 @@ def test_stretch_maps_the_percentiles_to_the_full_range():
     assert out.dtype == np.uint8 and out.shape == image.shape
 
 
+def test_the_lookup_table_gives_what_mapping_every_pixel_gives():
+    from competition.predict.preprocess import _subsample
+
+    rng = np.random.default_rng(3)
+    for image in (stained()[0], rng.integers(0, 256, (300, 410, 3), dtype=np.uint8),
+                  rng.integers(90, 140, (64, 64, 3), dtype=np.uint8)):
+        lo, hi = np.percentile(_subsample(image).astype(np.float32).mean(axis=2), STRETCH_PERCENTILES)
+        x = (image.astype(np.float32) - lo) * np.float32(255.0 / (hi - lo))
+        assert np.array_equal(stretch(image), np.clip(np.rint(x), 0, 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        stretch(np.zeros((8, 8, 3), np.float32))
+
+
 def test_a_dimmer_or_brighter_copy_stretches_to_about_the_same_image():
     image, _ = stained()
     ref = stretch(image).astype(int)

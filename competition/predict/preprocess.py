@@ -61,16 +61,20 @@ def stretch(image: np.ndarray) -> np.ndarray:
     """Per-image robust stretch: the grey level's :data:`STRETCH_PERCENTILES` (measured on a
     strided subsample of about 64k pixels) go to 0 and 255, every channel by the same
     linear map (colours kept); a flat image (percentiles under one grey level apart) is
-    returned as it is.
+    returned as it is. The map is applied as a 256-entry lookup table (the same values as
+    mapping every pixel, at a fraction of the cost on large images).
 
     Shapes: image H×W×3 uint8 -> H×W×3 uint8.
     """
+    if image.dtype != np.uint8:
+        raise ValueError(f"stretch expects a uint8 image, got {image.dtype}")
     sub = _subsample(image).astype(np.float32)
     lo, hi = np.percentile(sub.mean(axis=2), STRETCH_PERCENTILES)
     if hi - lo < 1.0:
         return image
-    x = (image.astype(np.float32) - lo) * np.float32(255.0 / (hi - lo))
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    levels = (np.arange(256, dtype=np.float32) - lo) * np.float32(255.0 / (hi - lo))
+    lut = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+    return lut[image]
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
