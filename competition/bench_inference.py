@@ -433,8 +433,8 @@ def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str
 def main(argv: list[str] | None = None) -> int:
     """Command line: stage-1 lines (one per TTA mode, then the reference), the stage-2-like
     lines and the peak memory."""
+    from competition.commands.submit import add_tiling_arguments, tiling_from_args
     from competition.errors import UserError
-    from competition.predict import Tiling
 
     parser = argparse.ArgumentParser(prog="python -m competition.bench_inference", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -456,19 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-upscale", type=float, help="largest resize factor (default: the predictor's)")
     parser.add_argument("--size-max-pixels", type=int, help="pixels the size passes see of a large image (default: the predictor's; 0: all)")
     parser.add_argument("--rescale-tolerance", type=float, help="octaves within which a size estimate keeps a pass's factors (default: the predictor's)")
-    defaults = Tiling()
-    parser.add_argument("--tile-size", type=int, default=defaults.tile_size, help="window side for large images (multiple of 32)")
-    parser.add_argument("--tile-overlap", type=int, default=defaults.overlap, help="minimum window overlap (multiple of 32)")
-    parser.add_argument("--max-side", type=int, default=defaults.max_side, help="images with a (padded) side above this are tiled")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="windows x TTA views per forward pass")
+    add_tiling_arguments(parser)
     parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)  # progress of the long stage-2-like run
-
     try:
-        tiling = Tiling(tile_size=args.tile_size, overlap=args.tile_overlap, max_side=args.max_side,
-                        batch_size=args.batch_size)
+        tiling = tiling_from_args(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

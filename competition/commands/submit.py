@@ -11,6 +11,24 @@ from pathlib import Path
 HELP = "predict the test set with a recipe's ensemble and write a validated submission"
 
 
+def add_tiling_arguments(parser) -> None:
+    """``--tile-size/--tile-overlap/--max-side/--batch-size`` (defaults: those of
+    :class:`competition.predict.Tiling`, written out so building the parser imports no torch;
+    a test checks they agree), read back by :func:`tiling_from_args`."""
+    parser.add_argument("--tile-size", type=int, default=512, help="window side for large images (multiple of 32)")
+    parser.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring windows (multiple of 32)")
+    parser.add_argument("--max-side", type=int, default=1024, help="images with a side above this are tiled (validation predicted whole images up to 1024)")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows x TTA views per forward pass")
+
+
+def tiling_from_args(args: argparse.Namespace):
+    """The :class:`competition.predict.Tiling` of :func:`add_tiling_arguments`' options
+    (a UserError for sizes off the stride)."""
+    from competition.predict import Tiling
+
+    return Tiling(tile_size=args.tile_size, overlap=args.tile_overlap, max_side=args.max_side, batch_size=args.batch_size)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe name (models in MODELS/<recipe>/)")
     parser.add_argument("--data", type=Path, required=True, help="DATA_DIR holding <stage>_test/ and the sample submission")
@@ -22,10 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred.add_argument("--device", default="auto", help="auto, cpu or cuda")
     pred.add_argument("--engine", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
                       help="what runs the network (auto: the fastest installed on the CPU, torch on CUDA)")
-    pred.add_argument("--tile-size", type=int, default=512, help="window side for large images (multiple of 32)")
-    pred.add_argument("--tile-overlap", type=int, default=64, help="overlap of neighbouring windows (multiple of 32)")
-    pred.add_argument("--max-side", type=int, default=1024, help="images with a side above this are tiled (validation predicted whole images up to 1024)")
-    pred.add_argument("--batch-size", type=int, default=4, help="windows x TTA views per forward pass")
+    add_tiling_arguments(pred)
     pred.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; 1 is faster when the cores are busy with other work)")
     pred.add_argument("--size-passes", type=int, default=2, help="passes without TTA that estimate the nucleus size, for members trained at a nucleus_diameter")
     pred.add_argument("--survey-factors", type=float, nargs="+", metavar="F",
@@ -55,10 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from competition.predict import Tiling
     from competition.submit import SubmitOptions, format_summary, make_submission
 
-    tiling = Tiling(tile_size=args.tile_size, overlap=args.tile_overlap, max_side=args.max_side, batch_size=args.batch_size)
+    tiling = tiling_from_args(args)
     options = SubmitOptions(
         recipe=args.recipe,
         data_dir=args.data,
