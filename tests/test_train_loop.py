@@ -224,6 +224,8 @@ def test_pinned_threads_train_the_member_and_are_restored_and_recorded(data, tmp
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["torch_threads"] == 1 and config["member"]["threads"] == 1
     assert len(config["code_hash"]) == 16 and config["cpu_capability"]
+    if Path("/proc/cpuinfo").is_file():
+        assert config["cpu_model"] and "family" in config["cpu_model"]
 
 
 def test_a_run_from_before_a_new_member_key_still_resumes(data, tmp_path):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from competition import git_commit, source_hash
+from competition import cpu_model, git_commit, source_hash
 from competition.csvio import atomic_write
 from competition.errors import UserError
 from competition.train import distributed as ddp
@@ -481,6 +481,7 @@ def _fit(
         "git_commit": git_commit(), "code_hash": source_hash(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model() if device.type == "cpu" else None,
         # What the member's precision computes in here (bf16 -> fp32 on a CPU without
         # bfloat16 hardware, see competition.network.compute_precision).
         "compute_precision": compute_precision(device, member.precision),
