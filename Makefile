@@ -21,14 +21,17 @@ ENGINE ?= auto
 # Resize factors of the first nucleus-size pass (empty: the default, 1 0.5 0.25).
 SURVEY ?=
 # Resizing of the size-estimated passes (empty: the defaults): the nucleus diameter they aim
-# at (default: each member's), the largest up-scaling (default 2), the pixels the size
+# at (default: each member's), the largest up-scaling (default 2), the most pixels an image
+# is up-scaled to (default 2000000; 0: no limit), the pixels the size
 # passes see of a large image (default 500000; 0: all of it), and the octaves within which a
 # new size estimate keeps the factors a pass ran at (default 0.125; 0: exact factors only).
 NUCLEUS_PX ?=
 MAX_UPSCALE ?=
+UPSCALE_MAX_PIXELS ?=
 SIZE_MAX_PIXELS ?=
 RESCALE_TOLERANCE ?=
 RESIZING = $(if $(NUCLEUS_PX),--nucleus-px $(NUCLEUS_PX)) $(if $(MAX_UPSCALE),--max-upscale $(MAX_UPSCALE)) \
+	$(if $(UPSCALE_MAX_PIXELS),--upscale-max-pixels $(UPSCALE_MAX_PIXELS)) \
 	$(if $(SIZE_MAX_PIXELS),--size-max-pixels $(SIZE_MAX_PIXELS)) $(if $(RESCALE_TOLERANCE),--rescale-tolerance $(RESCALE_TOLERANCE))
 SIZING = $(if $(SURVEY),--survey-factors $(SURVEY)) $(RESIZING)
 MEMBER ?=

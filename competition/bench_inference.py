@@ -115,10 +115,11 @@ class InferenceTiming:
 
 
 #: The resizing of the reference (today's path when issue 11 was filed): every member's own
-#: nucleus diameter, up-scaling to 3x, size passes over the whole image (0), a size pass's factors
+#: nucleus diameter, up-scaling to 3x whatever the image's size, size passes over the whole image (0), a size pass's factors
 #: kept only when the estimate lands on them exactly (the final pass then still takes its
 #: identity view from that pass, which makes the reference slightly faster than it was).
-REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": 0, "rescale_tolerance": 0.0}
+REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": 0, "rescale_tolerance": 0.0,
+                    "upscale_max_pixels": 0}
 
 
 def _predictor(ensemble, *, device, tta, tiling, loader, engine, precision=None, sizing=None):
@@ -455,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nucleus-px", type=float, help="nucleus diameter of the size-estimated passes (default: the members')")
     parser.add_argument("--max-upscale", type=float, help="largest resize factor (default: the predictor's)")
     parser.add_argument("--size-max-pixels", type=int, help="pixels the size passes see of a large image (default: the predictor's; 0: all)")
+    parser.add_argument("--upscale-max-pixels", type=int, help="pixels an image is up-scaled to at most (default: the predictor's; 0: no limit)")
     parser.add_argument("--rescale-tolerance", type=float, help="octaves within which a size estimate keeps a pass's factors (default: the predictor's)")
     add_tiling_arguments(parser)
     parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
@@ -468,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sizing = {k: v for k, v in (("nucleus_px", args.nucleus_px), ("max_upscale", args.max_upscale),
                                   ("size_max_pixels", args.size_max_pixels),
-                                  ("rescale_tolerance", args.rescale_tolerance)) if v is not None}
+                                  ("rescale_tolerance", args.rescale_tolerance),
+                                  ("upscale_max_pixels", args.upscale_max_pixels)) if v is not None}
     try:
         if args.one_image:
             height, width = (int(v) for v in args.one_image.split("x"))

@@ -94,8 +94,8 @@ class SubmitOptions:
             submission's ``expected_score`` (:mod:`competition.expected`).
         survey_factors: resize factors of the first nucleus-size pass (None: the predictor's
             default, native, half and quarter size).
-        nucleus_px, max_upscale, size_max_pixels, rescale_tolerance: how far the
-            size-estimated passes resize, how much of a large image the size passes see and
+        nucleus_px, max_upscale, size_max_pixels, rescale_tolerance, upscale_max_pixels:
+            how far the size-estimated passes resize (at most, in factor and in pixels), how much of a large image the size passes see and
             when a new estimate keeps the factors a pass ran at (see
             :class:`competition.predict.EnsemblePredictor`; None: its defaults).
         engine: what runs the network (:data:`competition.predict.engines.ENGINES`; ``auto``:
@@ -130,12 +130,13 @@ class SubmitOptions:
     max_upscale: float | None = None
     size_max_pixels: int | None = None
     rescale_tolerance: float | None = None
+    upscale_max_pixels: int | None = None
 
     def sizing(self) -> dict[str, Any]:
         """The resizing settings asked for (None: the predictor's default), as keywords of
         :class:`~competition.predict.EnsemblePredictor`."""
         return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels,
-                "rescale_tolerance": self.rescale_tolerance}
+                "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels}
 
 
 @dataclass

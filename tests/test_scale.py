@@ -332,9 +332,40 @@ def test_nucleus_px_and_max_upscale_set_the_final_resize(tmp_path):
     assert own > 1.5 and capped == snap_scale(1.5)
     default, _ = scale()
     assert default == snap_scale(min(24 / d, MAX_UPSCALE)), "up-scaling stops at MAX_UPSCALE by default"
-    for bad in ({"nucleus_px": 2.0}, {"max_upscale": 0.5}, {"size_max_pixels": 100}):
+    for bad in ({"nucleus_px": 2.0}, {"max_upscale": 0.5}, {"size_max_pixels": 100}, {"upscale_max_pixels": -1}):
         with pytest.raises(UserError):
             EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), **bad)
+
+
+def test_upscale_max_pixels_limits_the_upscaling_of_large_images_only(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.predict import EnsemblePredictor
+    from competition.predict.ensemble import UPSCALE_MAX_PIXELS, snap_scale
+
+    models = scaled_member(tmp_path)
+    label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px across: 2x wanted
+    image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
+
+    def predictor(**kw):
+        return EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]),
+                                 engine="torch", max_upscale=3.0, **kw)
+
+    def scale(**kw):
+        _, route = predictor(**kw).predict(image)
+        return dict(route.scales)["all/a"], route.diameter
+
+    free, d = scale(upscale_max_pixels=0)
+    assert free == snap_scale(24 / d) and free > 1.5
+    assert scale(upscale_max_pixels=96 * 96 * 100)[0] == free, "a budget the image stays under changes nothing"
+    limited, _ = scale(upscale_max_pixels=int(96 * 96 * 1.5 ** 2))
+    assert limited == snap_scale(1.5), "up-scaled to the budget's pixels, no further"
+    assert scale(upscale_max_pixels=96 * 96 // 4)[0] == 1.0, "a budget below the image's size never shrinks it"
+    p = predictor()
+    assert p.upscale_max_pixels == UPSCALE_MAX_PIXELS and p.sizing()["upscale_max_pixels"] == UPSCALE_MAX_PIXELS
+    assert p.upscale_limit((96, 96)) == 3.0
+    assert p.upscale_limit((1000, 1000)) == pytest.approx(2 ** 0.5)
+    assert p.upscale_limit((4000, 4000)) == 1.0
+    assert predictor(upscale_max_pixels=0).upscale_limit((4000, 4000)) == 3.0
 
 
 def test_size_windows_cover_a_large_image_in_four_bounded_windows():

@@ -484,20 +484,21 @@ def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_setting
 
     def recording(*args, **kw):
         predictor = real(*args, **kw)
-        seen.append((kw.get("engine"), predictor.nucleus_px, predictor.max_upscale, predictor.size_max_pixels))
+        seen.append((kw.get("engine"), predictor.nucleus_px, predictor.max_upscale, predictor.size_max_pixels,
+                     predictor.upscale_max_pixels))
         if kw.get("engine") == "torch":
             refs.append(predictor)
         return predictor
 
     monkeypatch.setattr(B, "_predictor", recording)
-    sizing = {"nucleus_px": 12.0, "max_upscale": 2.0, "size_max_pixels": 20_000}
+    sizing = {"nucleus_px": 12.0, "max_upscale": 2.0, "size_max_pixels": 20_000, "upscale_max_pixels": 50_000}
     B.bench_inference(world["models"], "standin", world["data"], n_images=1, tta=("none",), device="cpu",
                       loader=cached_loader, sizing=sizing)
     B.bench_stage2(world["models"], "standin", 1, every=1, device="cpu", loader=cached_loader, sizing=sizing)
     timed = [s for s in seen if s[0] != "torch"]
     reference = [s for s in seen if s[0] == "torch"]
-    assert timed and all(s[1:] == (12.0, 2.0, 20_000) for s in timed)
-    assert len(reference) == 2 and all(s[1:] == (None, 3.0, None) for s in reference)
+    assert timed and all(s[1:] == (12.0, 2.0, 20_000, 50_000) for s in timed)
+    assert len(reference) == 2 and all(s[1:] == (None, 3.0, None, None) for s in reference)
     assert all(p.rescale_tolerance == 0.0 for p in refs), "the reference keeps no pass's factors but exact ones"
 
 
@@ -635,7 +636,7 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     assert other.record["expected_score"]["score"] is None
     assert "other members, TTA" in other.record["expected_score"]["note"]
     assert test.record["sizing"] == {"nucleus_px": None, "max_upscale": 2.0, "size_max_pixels": 500_000,
-                                     "rescale_tolerance": 0.125}
+                                     "rescale_tolerance": 0.125, "upscale_max_pixels": 2_000_000}
     resized = submit(world, tmp_path, calibration=cal, nucleus_px=20.0)
     assert resized.record["sizing"]["nucleus_px"] == 20.0
     assert resized.record["expected_score"]["score"] is None, "resized otherwise than the holdout"
@@ -643,7 +644,8 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     del data["key"]["sizing"]  # a calibration written before the resizing was recorded:
     cal.write_text(json.dumps(data))  # it speaks for the settings of that time only
     assert submit(world, tmp_path, calibration=cal).record["expected_score"]["score"] is None
-    again = submit(world, tmp_path, calibration=cal, rescale_tolerance=0.0, max_upscale=3.0, size_max_pixels=0)
+    again = submit(world, tmp_path, calibration=cal, rescale_tolerance=0.0, max_upscale=3.0, size_max_pixels=0,
+                   upscale_max_pixels=0)
     assert again.record["expected_score"]["score"] == pytest.approx(expected["score"])
 
 

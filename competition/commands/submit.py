@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="nucleus diameter the size-estimated passes resize to (default: each member's nucleus_diameter; lower is faster)")
     pred.add_argument("--max-upscale", type=float, metavar="F",
                       help="largest resize factor of the size-estimated passes (default: 2)")
+    pred.add_argument("--upscale-max-pixels", type=int, metavar="N",
+                      help="the size-estimated passes up-scale an image to at most N pixels (default: 2000000; 0: no limit beyond --max-upscale)")
     pred.add_argument("--size-max-pixels", type=int, metavar="N",
                       help="the size passes of a larger image see four windows of N/4 pixels, not the whole image (default: 500000; 0: the whole image)")
     pred.add_argument("--rescale-tolerance", type=float, metavar="OCTAVES",
@@ -99,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         max_upscale=args.max_upscale,
         size_max_pixels=args.size_max_pixels,
         rescale_tolerance=args.rescale_tolerance,
+        upscale_max_pixels=args.upscale_max_pixels,
     )
     result = make_submission(options)
     for line in format_summary(result):

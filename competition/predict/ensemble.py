@@ -27,7 +27,7 @@ from competition.predict.members import LoadedMember, predict_scaled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SURVEY_FACTORS", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "SIZE_MAX_PIXELS", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
+__all__ = ["SURVEY_FACTORS", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "UPSCALE_MAX_PIXELS", "SIZE_MAX_PIXELS", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
 
 #: Downscales tried beside the native size in the first nucleus-size pass.
 SURVEY_FACTORS = (0.5, 0.25)
@@ -50,6 +50,14 @@ RESCALE_TOLERANCE = 0.125
 #: ensemble: 0.6748 against 0.6759 at 3x (with :data:`SIZE_MAX_PIXELS`), stage-2-like
 #: inference 115 min against 141 (README, "Inference speed").
 MAX_UPSCALE = 2.0
+
+#: Up-scaling stops where the image would reach this many pixels (never below the native
+#: size; down-scaling is not limited): an image's network cost goes with its pixels after
+#: resizing while the score is a mean over images, so a large image of small nuclei pays
+#: the most for the least. Measured with the committed cpu ensemble: condition-out holdout
+#: 0.6776 against 0.6779 without a limit (its one large image of small nuclei, 603x1272,
+#: 0.248 against 0.284), stage-2-like inference 51 min against 74 (README, "Inference speed").
+UPSCALE_MAX_PIXELS = 2_000_000
 
 #: The size passes of an image above this many pixels look at four windows of it
 #: (:func:`size_windows`), not the whole image; the final pass always predicts all of it.
@@ -145,6 +153,10 @@ class EnsemblePredictor:
         max_upscale: the largest resize factor of a size-estimated pass (default
             :data:`MAX_UPSCALE`; :data:`competition.scale.MAX_SCALE`, 3, before): images of
             tiny nuclei cost its square.
+        upscale_max_pixels: a size-estimated pass up-scales an image to at most this many
+            pixels (the factor is at most ``sqrt(upscale_max_pixels / pixels)``, and never
+            held below 1; default :data:`UPSCALE_MAX_PIXELS`; 0: no limit beyond
+            ``max_upscale``).
         size_max_pixels: the size passes of a larger image see at most this many pixels of
             it, in four windows spread over the image, instead of the whole image (default
             :data:`SIZE_MAX_PIXELS`; 0: the whole image). The final pass always predicts the
@@ -172,6 +184,7 @@ class EnsemblePredictor:
         max_upscale: float | None = None,
         size_max_pixels: int | None = None,
         rescale_tolerance: float | None = None,
+        upscale_max_pixels: int | None = None,
     ) -> None:
         from competition.predict.engines import make_engine, resolve_engine
 
@@ -189,6 +202,10 @@ class EnsemblePredictor:
         self.max_upscale = float(MAX_UPSCALE if max_upscale is None else max_upscale)
         if not 1 <= self.max_upscale <= 8:
             raise UserError(f"max_upscale must lie in [1, 8], got {max_upscale}")
+        upscale_max_pixels = UPSCALE_MAX_PIXELS if upscale_max_pixels is None else int(upscale_max_pixels)
+        if upscale_max_pixels < 0:
+            raise UserError(f"upscale_max_pixels must be >= 0 (0: no limit), got {upscale_max_pixels}")
+        self.upscale_max_pixels = upscale_max_pixels or None  # None: only max_upscale limits
         size_max_pixels = SIZE_MAX_PIXELS if size_max_pixels is None else int(size_max_pixels)
         self.size_max_pixels = size_max_pixels or None  # None: the whole image
         if self.size_max_pixels is not None and self.size_max_pixels < 4 * 64 * 64:
@@ -249,9 +266,19 @@ class EnsemblePredictor:
 
     def sizing(self) -> dict[str, Any]:
         """The resolved resizing settings (the submission's JSON and cache key hold them;
-        ``size_max_pixels`` None: the size passes saw whole images)."""
+        ``size_max_pixels`` None: the size passes saw whole images; ``upscale_max_pixels``
+        None: no pixel limit on the up-scaling)."""
         return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels,
-                "rescale_tolerance": self.rescale_tolerance}
+                "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels}
+
+    def upscale_limit(self, shape: tuple[int, ...]) -> float:
+        """The largest resize factor of a size-estimated pass on an image of ``shape``:
+        ``max_upscale``, lowered so the resized image holds at most ``upscale_max_pixels``
+        (but never below 1)."""
+        if self.upscale_max_pixels is None:
+            return self.max_upscale
+        pixels = int(shape[0]) * int(shape[1])
+        return min(self.max_upscale, max(1.0, math.sqrt(self.upscale_max_pixels / pixels)))
 
     def route(self, image: np.ndarray) -> Route:
         """Classify ``image`` and pick its ensemble (the ``all`` fallback when its type has no
@@ -385,8 +412,10 @@ class EnsemblePredictor:
             if misfit < best:
                 diameter, best = estimate, misfit
 
+        hi = self.upscale_limit(image.shape)
+
         def scales_for(d: float | None) -> dict[str, float]:
-            return settle({k: snap_scale(scale_factor(d, self.nucleus_px or targets[k], hi=self.max_upscale),
+            return settle({k: snap_scale(scale_factor(d, self.nucleus_px or targets[k], hi=hi),
                                          self.scale_steps) for k, _ in route.members})
 
         scales = scales_for(diameter)
