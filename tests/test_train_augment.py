@@ -253,3 +253,42 @@ def test_copy_paste_zero_draws_nothing_so_crops_stay_the_same():
                     a.channels, True, 6)
     assert np.array_equal(a[0][0].numpy(), b[0][0].numpy())
     assert any(not np.array_equal(a[i][1].numpy(), c[i][1].numpy()) for i in range(6)), "pasting changes targets"
+
+
+def test_tissue_render_paints_fluorescence_as_stained_tissue():
+    """Beer-Lambert H&E: nuclei darker than their surroundings and bluer (haematoxylin) than
+    the tissue around them (eosin), the label untouched; dark-on-light where little tissue
+    covers the crop (dense tissue may not be, like real tissue: the dataset decides)."""
+    from competition.predict.preprocess import is_dark_on_light
+    from competition.train.augment import TissueRender
+
+    image, label = draw((96, 96), seed=2)
+    light = TissueRender(p=1.0)
+    light.get_params = lambda: {**TissueRender.get_params(light), "cover": 0.0}
+    out, _ = augment(A.Compose([light]), image, [label], np.random.default_rng(0))
+    assert is_dark_on_light(out)
+    for seed in range(8):
+        out, (lab,) = augment(A.Compose([TissueRender(p=1.0)]), image, [label], np.random.default_rng(seed))
+        assert np.array_equal(lab, label)
+        px = out.astype(float)
+        inner = (label > 0) & (np.abs(np.diff(label, axis=0, prepend=0)) == 0)
+        assert px[inner].mean() < px[label == 0].mean() - 25, "nuclei darker than the rest"
+        blue_red = px[..., 2] - px[..., 0]
+        assert blue_red[inner].mean() > blue_red[label == 0].mean(), "haematoxylin is the bluer stain"
+
+
+def test_tissue_augmentation_stretches_x_and_y_apart():
+    """The tissue pipeline's affine scales the axes independently: a disk comes out as an
+    ellipse for some seeds (elongated nuclei)."""
+    label = np.zeros((101, 101), np.int32)
+    yy, xx = np.mgrid[:101, :101]
+    label[(yy - 50) ** 2 + (xx - 50) ** 2 < 20 ** 2] = 1
+    image = np.where(label[..., None] > 0, 200, 20).astype(np.uint8).repeat(3, axis=2)
+    affine = [t for t in build_pipeline("tissue").transforms if isinstance(t, A.Affine)][0]
+    affine.p = 1.0
+    ratios = []
+    for seed in range(10):
+        _, (lab,) = augment(A.Compose([affine]), image, [label], np.random.default_rng(seed))
+        ys, xs = np.nonzero(lab)
+        ratios.append((np.ptp(ys) + 1) / (np.ptp(xs) + 1))
+    assert max(max(ratios), 1 / min(ratios)) > 1.15

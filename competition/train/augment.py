@@ -136,18 +136,100 @@ class StainRecolour(A.ImageOnlyTransform):
         return ()
 
 
-def _invariant() -> list:
-    """Geometry, scale aside (the member's nucleus-size jitter does scale), and what should
-    not matter for finding nuclei: channel order, colour, gamma, contrast, blur, noise."""
+#: Optical density of one unit of haematoxylin and of eosin per RGB channel (Ruifrok and
+#: Johnston's stain vectors, the first two rows of ``skimage.color.rgb_from_hed``).
+_HAEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29])
+_EOSIN_OD = np.array([0.07, 0.99, 0.11])
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
+    """Uniform noise on a grid of ``cell`` px, cubic-resized to ``shape``: values about [0, 1]."""
+    h, w = shape
+    coarse = rng.random((max(2, h // cell), max(2, w // cell))).astype(np.float32)
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+class TissueRender(A.ImageOnlyTransform):
+    """A fluorescence crop rendered as H&E-stained tissue by the Beer-Lambert law.
+
+    The crop's stretched grey level (bright nuclei) becomes haematoxylin density, with a
+    chromatin texture; eosin fills low-frequency "cytoplasm" patches that cover a random
+    share of the crop (always around the nuclei), with a little haematoxylin of its own;
+    light from a white-to-yellowish illuminant passes both: ``I = I0 * 10 ** -(H vH + E vE)``,
+    the stain vectors jittered. Unlike :class:`StainRecolour` (two colours blended), nuclei
+    here can sit on dark pink tissue with little contrast, as in the test set's H&E tissue.
+
+    The result is dark-on-light unless tissue covers most of the crop (as in dense real
+    tissue); the dataset re-decides the inversion after augmentation, as prediction would.
+
+    Shapes: image H×W×3 uint8 -> H×W×3 uint8.
+    """
+
+    def get_params(self) -> dict:
+        r = self.random_generator
+        return {"light": np.array([246.0, 243.0, 236.0]) + r.uniform(-18, 8, 3) * [0.3, 0.5, 1.0],
+                "h_nucleus": r.uniform(0.45, 1.5), "h_tissue": r.uniform(0.03, 0.3),
+                "e_tissue": r.uniform(0.05, 0.55), "cover": r.uniform(0.0, 1.0),
+                "chromatin": r.uniform(0.0, 0.5), "gamma": r.uniform(0.6, 1.4),
+                "vectors": r.normal(0.0, 0.05, (2, 3)), "seed": int(r.integers(2**31))}
+
+    def apply(self, img: np.ndarray, light=None, h_nucleus=1.0, h_tissue=0.0, e_tissue=0.3,
+              cover=0.5, chromatin=0.0, gamma=1.0, vectors=None, seed=0, **params) -> np.ndarray:
+        grey = img[..., :3].astype(np.float32).mean(axis=2)
+        lo, hi = np.percentile(grey, (1, 99.5))
+        g = np.clip((grey - lo) / max(hi - lo, 1.0), 0, 1) ** gamma
+        rng = np.random.default_rng(seed)
+        shape = g.shape
+        field = _smooth_noise(rng, shape, 48)
+        tissue = np.clip((field - np.quantile(field, 1.0 - cover)) / 0.08 + 0.5, 0, 1)
+        around = cv2.GaussianBlur(g, (0, 0), 6.0)
+        tissue = np.maximum(tissue, np.clip(3.0 * around, 0, 1))
+        fine = _smooth_noise(rng, shape, 3)
+        chrom = 1.0 + chromatin * (fine - 0.5) * 2.0
+        h = h_tissue * tissue + h_nucleus * g * chrom
+        e = e_tissue * tissue * (0.8 + 0.4 * _smooth_noise(rng, shape, 8))
+        v = np.abs(np.stack([_HAEMATOXYLIN_OD, _EOSIN_OD]) + vectors)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        od = h[..., None] * v[0] + e[..., None] * v[1]
+        out = light[None, None] * np.power(10.0, -od)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ()
+
+
+def _photometric_invariant() -> list:
+    """What should not matter for finding nuclei: channel order, colour, gamma, contrast,
+    blur, noise."""
     return [
-        *_dihedral(),
-        A.Affine(rotate=(-20, 20), shear=(-5, 5), interpolation=cv2.INTER_LINEAR,
-                 mask_interpolation=cv2.INTER_NEAREST, border_mode=_REFLECT, p=0.3),
         A.ChannelShuffle(p=0.3),
         A.ToGray(p=0.15),
         A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.3, p=0.5),
         A.RandomGamma(gamma_limit=(60, 160), p=0.4),
         _blur_or_noise(0.06),
+    ]
+
+
+def _invariant() -> list:
+    """Geometry, scale aside (the member's nucleus-size jitter does scale), and
+    :func:`_photometric_invariant`."""
+    return [
+        *_dihedral(),
+        A.Affine(rotate=(-20, 20), shear=(-5, 5), interpolation=cv2.INTER_LINEAR,
+                 mask_interpolation=cv2.INTER_NEAREST, border_mode=_REFLECT, p=0.3),
+        *_photometric_invariant(),
+    ]
+
+
+def _tissue() -> list:
+    """:func:`_invariant`, its affine also stretching x and y apart (elongated nuclei, as in
+    the spindle-shaped nuclei of stained tissue)."""
+    return [
+        *_dihedral(),
+        A.Affine(scale={"x": (0.7, 1.4), "y": (0.7, 1.4)}, keep_ratio=False, rotate=(-20, 20),
+                 shear=(-5, 5), interpolation=cv2.INTER_LINEAR,
+                 mask_interpolation=cv2.INTER_NEAREST, border_mode=_REFLECT, p=0.4),
+        *_photometric_invariant(),
     ]
 
 
@@ -161,12 +243,17 @@ def _recolour_invariant() -> list:
     return [StainRecolour(p=0.25)]
 
 
+def _recolour_tissue() -> list:
+    return [A.OneOf([StainRecolour(p=1.0), TissueRender(p=1.0)], p=0.35)]
+
+
 #: strength -> factory of the transform list for every image type.
 PIPELINES: dict[str, Callable[[], list]] = {
     "none": _none,
     "light": _light,
     "strong": _strong,
     "invariant": _invariant,
+    "tissue": _tissue,
 }
 #: strength -> factory of the extra colour transforms for histology images.
 HISTOLOGY_COLOUR: dict[str, Callable[[], list]] = {
@@ -174,6 +261,7 @@ HISTOLOGY_COLOUR: dict[str, Callable[[], list]] = {
     "light": _colour_light,
     "strong": _colour_strong,
     "invariant": _colour_invariant,
+    "tissue": _colour_invariant,
 }
 #: strength -> factory of the transforms that only fluorescence images get: stain-like
 #: recolouring (applied before the common list, so it is jittered like a real stain).
@@ -182,6 +270,7 @@ FLUORESCENCE_COLOUR: dict[str, Callable[[], list]] = {
     "light": _none,
     "strong": _none,
     "invariant": _recolour_invariant,
+    "tissue": _recolour_tissue,
 }
 
 
