@@ -37,7 +37,10 @@ class TypeTuning:
         params: the parameters written (the defaults when tuning gained nothing), or None.
         note: why nothing was tuned, or why the defaults were kept.
         choice: own members against the all-type fallback, when both could be compared:
-            ``own_score``, ``all_score`` (tuned, same images) and ``kept`` (``own`` or ``all``).
+            ``own_score``, ``all_score`` (tuned, same images), with conditions also
+            ``own_crossfit`` and ``all_crossfit`` (out of sample), ``by`` (which pair
+            decided: ``crossfit`` when both could be cross-fitted, else ``tuned``) and
+            ``kept`` (``own`` or ``all``).
         crossfit: the out-of-sample record of :func:`crossfit_postprocess`, when conditions
             were given.
     """
@@ -149,13 +152,25 @@ def tune_ensemble(
                 "own_score": round(result.score_after, 6),
                 "all_members": [m.key for m in ensemble.members_of("all")],
                 "all_score": round(fallback.score_after, 6),
+                "by": "tuned",
             }
-            if fallback.score_after > result.score_after:
+            own_key, all_key = result.score_after, fallback.score_after
+            if conditions is not None:
+                # Both sides scored out of sample: the in-sample tuned scores reward the side
+                # whose parameters fit these very images best (a fine-tune on a handful of
+                # images), not the one that holds on conditions it has not seen.
+                crossfits = {side: crossfit_postprocess(_samples_by_id(o, labels), conditions, grid, base,
+                                                        n_rounds=n_rounds, channels=o.channels, n_parts=n_parts)
+                             for side, o in (("own", oof), ("all", alternative))}
+                if all(c["score"] is not None for c in crossfits.values()):
+                    own_key, all_key = crossfits["own"]["score"], crossfits["all"]["score"]
+                    record["choice"].update(own_crossfit=own_key, all_crossfit=all_key, by="crossfit")
+            if all_key > own_key:
                 record = {**_tuning_record(fallback, alternative, image_type, "all", n_rounds,
                                            ensemble.entries[name].postprocess), "choice": record["choice"]}
                 record["choice"]["kept"] = "all"
-                record["note"] = (f"the all-type members score {fallback.score_after:.4f} against "
-                                  f"{result.score_after:.4f} for {name}'s own: {name} falls back to 'all' "
+                record["note"] = (f"the all-type members score {all_key:.4f} against {own_key:.4f} for "
+                                  f"{name}'s own ({record['choice']['by']}): {name} falls back to 'all' "
                                   f"(dropped: {', '.join(record['choice']['own_members'])})")
                 ensemble = ensemble.without_members(name)
                 result, members = fallback, tuple(record["choice"]["all_members"])
@@ -164,7 +179,9 @@ def tune_ensemble(
         elif alternative is not None and alternative.probs:
             log.warning("%s: the all-type members hold other out-of-fold images than %s's own; "
                         "not compared", name, name)
-        if conditions is not None:
+        if conditions is not None and record.get("choice", {}).get("by") == "crossfit":
+            record["crossfit"] = crossfits[record["choice"]["kept"]]
+        elif conditions is not None:
             chosen = alternative if record.get("choice", {}).get("kept") == "all" else oof
             record["crossfit"] = crossfit_postprocess(_samples_by_id(chosen, labels), conditions, grid, base,
                                                       n_rounds=n_rounds, channels=chosen.channels,

@@ -357,6 +357,43 @@ def test_tuning_falls_back_to_the_all_type_model_when_it_scores_better(world, tm
     assert saved.entries["fluorescence"].tuning["from_entry"] == "all"
 
 
+def test_with_conditions_the_choice_of_members_is_made_out_of_sample(world, tmp_path, monkeypatch):
+    """Given conditions, own members and the all-type model are compared by their
+    cross-fitted scores, not the tuned (in-sample) ones: here the cross-fitting is made to
+    disagree with the tuned scores, and it decides."""
+    import shutil
+
+    from competition import ensemble_tuning
+    from competition.ensemble import load_ensemble, read_ensemble
+
+    models = tmp_path / "models"
+    shutil.copytree(world["models"], models)
+    folder = models / "standin" / "fluorescence" / "f"
+    worse = {i: (t, soft_probs(np.roll(lab, 6, axis=1), peak=0.45))
+             for i, (t, lab) in world["drawn"]["train"].items() if t == "fluorescence"}
+    shutil.rmtree(folder)
+    make_member(models / "standin", "fluorescence/f", data_dir=world["data"], seed=1, oof=worse)
+    real = ensemble_tuning.crossfit_postprocess
+
+    def inverted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return {**out, "score": None if out["score"] is None else 1.0 - out["score"]}
+
+    monkeypatch.setattr(ensemble_tuning, "crossfit_postprocess", inverted)
+    conditions = {i: f"c{k}" for k, i in enumerate(sorted(world["drawn"]["train"]))}
+    _, outcomes = ensemble_tuning.tune_ensemble(load_ensemble(models, "standin"), n_rounds=1,
+                                                conditions=conditions)
+    fluo = {t.entry: t for t in outcomes}["fluorescence"]
+    choice = fluo.choice
+    assert choice["by"] == "crossfit"
+    assert choice["all_score"] > choice["own_score"], "in sample the all-type model wins"
+    assert choice["own_crossfit"] > choice["all_crossfit"]
+    assert choice["kept"] == "own"
+    assert fluo.crossfit["score"] == choice["own_crossfit"], "the entry's out-of-sample record is the kept side's"
+    saved = read_ensemble(models / "standin" / "ensemble.json")
+    assert saved.entries["fluorescence"].members[0].key == "fluorescence/f"
+
+
 # ----------------------------------------------------------------------------- kaggle
 
 

@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':<13} cross-fitted over {crossfit['n_parts']} parts of whole conditions (out of sample): "
                   f"{crossfit['score']:.4f}  parts {crossfit['part_scores']}")
         if t.choice:
-            print(f"{'':<13} own members {t.choice['own_score']:.4f} vs all-type model {t.choice['all_score']:.4f}: "
-                  f"kept {t.choice['kept']}")
+            by = (f"; cross-fitted {t.choice['own_crossfit']:.4f} vs {t.choice['all_crossfit']:.4f}"
+                  if t.choice.get("by") == "crossfit" else "")
+            print(f"{'':<13} own members {t.choice['own_score']:.4f} vs all-type model {t.choice['all_score']:.4f} "
+                  f"tuned{by}: kept {t.choice['kept']} (by the {t.choice.get('by', 'tuned')} scores)")
     where = "not written (--dry-run)" if args.dry_run else f"written to {ensemble.path}"
     print(f"tuned parameters {where} in {time.perf_counter() - started:.0f} s")
     return 0
