@@ -396,7 +396,7 @@ def load_ensemble(models_dir: str | Path, recipe: str, *, create: bool = True) -
     finished members (and write it, when ``create``) when it is absent.
 
     Finished members on disk that the file does not list are logged (the file is the user's:
-    it is not changed).
+    it is not changed): as a warning, unless tuning recorded dropping them.
 
     Raises:
         UserError: no model folder, no finished member, or an invalid file.
@@ -411,7 +411,14 @@ def load_ensemble(models_dir: str | Path, recipe: str, *, create: bool = True) -
         return ensemble
     ensemble = read_ensemble(path)
     listed = set(ensemble.member_keys())
-    unlisted = [k for keys in finished_members(root).values() for k in keys if k not in listed]
+    # members that tuning compared with the all-type model and dropped are left out on purpose
+    dropped = {k for entry in ensemble.entries.values()
+               for k in (((entry.tuning or {}).get("choice") or {}).get("own_members") or [])
+               if ((entry.tuning or {}).get("choice") or {}).get("kept") == "all"}
+    unlisted = [k for keys in finished_members(root).values() for k in keys if k not in listed | dropped]
+    if dropped - listed:
+        log.info("%s: member(s) %s dropped by tuning (the all-type model scored better)", path,
+                 ", ".join(sorted(dropped - listed)))
     if unlisted:
         log.warning(
             "%s does not list finished member(s) %s; add them to the file (or delete it to rebuild)",

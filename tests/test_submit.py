@@ -357,6 +357,33 @@ def test_tuning_falls_back_to_the_all_type_model_when_it_scores_better(world, tm
     assert saved.entries["fluorescence"].tuning["from_entry"] == "all"
 
 
+def test_a_member_dropped_by_tuning_is_not_reported_as_unlisted(world, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from competition.ensemble import load_ensemble, read_ensemble, write_ensemble
+    from competition.ensemble_tuning import tune_ensemble
+
+    models = tmp_path / "models"
+    shutil.copytree(world["models"], models)
+    worse = {i: (t, soft_probs(np.roll(lab, 6, axis=1), peak=0.45))
+             for i, (t, lab) in world["drawn"]["train"].items() if t == "fluorescence"}
+    shutil.rmtree(models / "standin" / "fluorescence" / "f")
+    make_member(models / "standin", "fluorescence/f", data_dir=world["data"], seed=1, oof=worse)
+    tune_ensemble(load_ensemble(models, "standin"), n_rounds=1)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="competition.ensemble"):
+        load_ensemble(models, "standin")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "dropped by tuning" in caplog.text
+    # without the tuning record the same file's missing member is a warning
+    saved = read_ensemble(models / "standin" / "ensemble.json")
+    write_ensemble(saved.with_tuning("fluorescence", saved.entries["fluorescence"].postprocess or {}, {}))
+    caplog.clear()
+    load_ensemble(models, "standin")
+    assert "does not list finished member(s) fluorescence/f" in caplog.text
+
+
 def test_with_conditions_the_choice_of_members_is_made_out_of_sample(world, tmp_path, monkeypatch):
     """Given conditions, own members and the all-type model are compared by their
     cross-fitted scores, not the tuned (in-sample) ones: here the cross-fitting is made to
