@@ -412,9 +412,8 @@ def load_ensemble(models_dir: str | Path, recipe: str, *, create: bool = True) -
     ensemble = read_ensemble(path)
     listed = set(ensemble.member_keys())
     # members that tuning compared with the all-type model and dropped are left out on purpose
-    dropped = {k for entry in ensemble.entries.values()
-               for k in (((entry.tuning or {}).get("choice") or {}).get("own_members") or [])
-               if ((entry.tuning or {}).get("choice") or {}).get("kept") == "all"}
+    choices = [(entry.tuning or {}).get("choice") or {} for entry in ensemble.entries.values()]
+    dropped = {k for choice in choices if choice.get("kept") == "all" for k in choice.get("own_members") or []}
     unlisted = [k for keys in finished_members(root).values() for k in keys if k not in listed | dropped]
     if dropped - listed:
         log.info("%s: member(s) %s dropped by tuning (the all-type model scored better)", path,
