@@ -130,6 +130,7 @@ def tune_ensemble(
     base = PostprocessParams()  # start from the defaults: re-tuning does not drift
     for name, source, image_type in plans:
         oof = oofs[name]
+        crossfits: dict[str, dict] = {}  # side ("own"/"all") -> its cross-fitting, when compared
         members = tuple(m.key for m in ensemble.members_of(source))
         if not oof.probs:
             note = (f"no out-of-fold {image_type or ''} image in the members of '{source}'; "
@@ -179,13 +180,12 @@ def tune_ensemble(
         elif alternative is not None and alternative.probs:
             log.warning("%s: the all-type members hold other out-of-fold images than %s's own; "
                         "not compared", name, name)
-        if conditions is not None and record.get("choice", {}).get("by") == "crossfit":
-            record["crossfit"] = crossfits[record["choice"]["kept"]]
-        elif conditions is not None:
-            chosen = alternative if record.get("choice", {}).get("kept") == "all" else oof
-            record["crossfit"] = crossfit_postprocess(_samples_by_id(chosen, labels), conditions, grid, base,
-                                                      n_rounds=n_rounds, channels=chosen.channels,
-                                                      n_parts=n_parts)
+        if conditions is not None:
+            side = record.get("choice", {}).get("kept", "own")
+            chosen = alternative if side == "all" else oof
+            record["crossfit"] = crossfits.get(side) or crossfit_postprocess(
+                _samples_by_id(chosen, labels), conditions, grid, base, n_rounds=n_rounds,
+                channels=chosen.channels, n_parts=n_parts)
         params = result.params
         if result.score_after <= result.score_before:
             params = base  # nothing gained: do not move the parameters on a tie

@@ -100,6 +100,17 @@ class StainJitter(A.ImageOnlyTransform):
         return ("alpha", "beta")
 
 
+def _bright_level(img: np.ndarray, gamma: float) -> np.ndarray:
+    """The crop's grey level stretched between its 1st and 99.5th percentiles to [0, 1]
+    (1: brightest, the nuclei of a fluorescence crop), raised to ``gamma``.
+
+    Shapes: img H×W×3 uint8 -> H×W float32.
+    """
+    grey = img[..., :3].astype(np.float32).mean(axis=2)
+    lo, hi = np.percentile(grey, (1, 99.5))
+    return np.clip((grey - lo) / max(hi - lo, 1.0), 0, 1) ** gamma
+
+
 class StainRecolour(A.ImageOnlyTransform):
     """A fluorescence crop painted as stained brightfield: its grey level (bright nuclei)
     blends a light background colour into a dark nucleus colour, both drawn around
@@ -121,9 +132,7 @@ class StainRecolour(A.ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, background=None, nucleus=None, texture=0.0,
               texture_seed=0, gamma=1.0, **params) -> np.ndarray:
-        grey = img[..., :3].astype(np.float32).mean(axis=2)
-        lo, hi = np.percentile(grey, (1, 99.5))
-        g = np.clip((grey - lo) / max(hi - lo, 1.0), 0, 1) ** gamma
+        g = _bright_level(img, gamma)
         if texture > 0:
             noise = np.random.default_rng(texture_seed).random(
                 (max(1, g.shape[0] // 16), max(1, g.shape[1] // 16))).astype(np.float32)
@@ -136,10 +145,6 @@ class StainRecolour(A.ImageOnlyTransform):
         return ()
 
 
-#: Optical density of one unit of haematoxylin and of eosin per RGB channel (Ruifrok and
-#: Johnston's stain vectors, the first two rows of ``skimage.color.rgb_from_hed``).
-_HAEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29])
-_EOSIN_OD = np.array([0.07, 0.99, 0.11])
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
@@ -175,9 +180,7 @@ class TissueRender(A.ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, light=None, h_nucleus=1.0, h_tissue=0.0, e_tissue=0.3,
               cover=0.5, chromatin=0.0, gamma=1.0, vectors=None, seed=0, **params) -> np.ndarray:
-        grey = img[..., :3].astype(np.float32).mean(axis=2)
-        lo, hi = np.percentile(grey, (1, 99.5))
-        g = np.clip((grey - lo) / max(hi - lo, 1.0), 0, 1) ** gamma
+        g = _bright_level(img, gamma)
         rng = np.random.default_rng(seed)
         shape = g.shape
         field = _smooth_noise(rng, shape, 48)
@@ -188,7 +191,9 @@ class TissueRender(A.ImageOnlyTransform):
         chrom = 1.0 + chromatin * (fine - 0.5) * 2.0
         h = h_tissue * tissue + h_nucleus * g * chrom
         e = e_tissue * tissue * (0.8 + 0.4 * _smooth_noise(rng, shape, 8))
-        v = np.abs(np.stack([_HAEMATOXYLIN_OD, _EOSIN_OD]) + vectors)
+        from skimage.color import rgb_from_hed  # Ruifrok-Johnston: haematoxylin, eosin, DAB rows
+
+        v = np.abs(rgb_from_hed[:2] + vectors)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         od = h[..., None] * v[0] + e[..., None] * v[1]
         out = light[None, None] * np.power(10.0, -od)
@@ -210,13 +215,19 @@ def _photometric_invariant() -> list:
     ]
 
 
+def _small_affine(p: float, **scaling) -> A.Affine:
+    """Small rotations and shears (labels moved nearest, borders reflected), plus ``scaling``
+    (Affine's ``scale``/``keep_ratio``) where given."""
+    return A.Affine(**scaling, rotate=(-20, 20), shear=(-5, 5), interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST, border_mode=_REFLECT, p=p)
+
+
 def _invariant() -> list:
     """Geometry, scale aside (the member's nucleus-size jitter does scale), and
     :func:`_photometric_invariant`."""
     return [
         *_dihedral(),
-        A.Affine(rotate=(-20, 20), shear=(-5, 5), interpolation=cv2.INTER_LINEAR,
-                 mask_interpolation=cv2.INTER_NEAREST, border_mode=_REFLECT, p=0.3),
+        _small_affine(p=0.3),
         *_photometric_invariant(),
     ]
 
@@ -226,9 +237,7 @@ def _tissue() -> list:
     the spindle-shaped nuclei of stained tissue)."""
     return [
         *_dihedral(),
-        A.Affine(scale={"x": (0.7, 1.4), "y": (0.7, 1.4)}, keep_ratio=False, rotate=(-20, 20),
-                 shear=(-5, 5), interpolation=cv2.INTER_LINEAR,
-                 mask_interpolation=cv2.INTER_NEAREST, border_mode=_REFLECT, p=0.4),
+        _small_affine(p=0.4, scale={"x": (0.7, 1.4), "y": (0.7, 1.4)}, keep_ratio=False),
         *_photometric_invariant(),
     ]
 
