@@ -24,15 +24,21 @@ SURVEY ?=
 # at (default: each member's), the largest up-scaling (default 2), the most pixels an image
 # is up-scaled to (default 2000000; 0: no limit), the pixels the size
 # passes see of a large image (default 500000; 0: all of it), and the octaves within which a
-# new size estimate keeps the factors a pass ran at (default 0.125; 0: exact factors only).
+# new size estimate keeps the factors a pass ran at (default 0.125; 0: exact factors only);
+# the survey trusts its largest factor whose nuclei measure within SURVEY_RANGE of the
+# members' diameter (default 1.6; 1: the closest view) and enlarges images of small nuclei
+# by SURVEY_UPSCALE (default 2; 0: never).
 NUCLEUS_PX ?=
 MAX_UPSCALE ?=
 UPSCALE_MAX_PIXELS ?=
 SIZE_MAX_PIXELS ?=
 RESCALE_TOLERANCE ?=
+SURVEY_RANGE ?=
+SURVEY_UPSCALE ?=
 RESIZING = $(if $(NUCLEUS_PX),--nucleus-px $(NUCLEUS_PX)) $(if $(MAX_UPSCALE),--max-upscale $(MAX_UPSCALE)) \
 	$(if $(UPSCALE_MAX_PIXELS),--upscale-max-pixels $(UPSCALE_MAX_PIXELS)) \
-	$(if $(SIZE_MAX_PIXELS),--size-max-pixels $(SIZE_MAX_PIXELS)) $(if $(RESCALE_TOLERANCE),--rescale-tolerance $(RESCALE_TOLERANCE))
+	$(if $(SIZE_MAX_PIXELS),--size-max-pixels $(SIZE_MAX_PIXELS)) $(if $(RESCALE_TOLERANCE),--rescale-tolerance $(RESCALE_TOLERANCE)) \
+	$(if $(SURVEY_RANGE),--survey-range $(SURVEY_RANGE)) $(if $(SURVEY_UPSCALE),--survey-upscale $(SURVEY_UPSCALE))
 SIZING = $(if $(SURVEY),--survey-factors $(SURVEY)) $(RESIZING)
 MEMBER ?=
 FOLD ?= 0

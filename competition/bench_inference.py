@@ -119,6 +119,7 @@ class InferenceTiming:
 #: kept only when the estimate lands on them exactly (the final pass then still takes its
 #: identity view from that pass, which makes the reference slightly faster than it was).
 REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": 0, "rescale_tolerance": 0.0,
+                    "survey_range": 1.0, "survey_upscale": 0,
                     "upscale_max_pixels": 0}
 
 
@@ -458,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-max-pixels", type=int, help="pixels the size passes see of a large image (default: the predictor's; 0: all)")
     parser.add_argument("--upscale-max-pixels", type=int, help="pixels an image is up-scaled to at most (default: the predictor's; 0: no limit)")
     parser.add_argument("--rescale-tolerance", type=float, help="octaves within which a size estimate keeps a pass's factors (default: the predictor's)")
+    parser.add_argument("--survey-range", type=float, help="the survey's trusted range around the members' diameter (default: the predictor's; 1: the closest view)")
+    parser.add_argument("--survey-upscale", type=float, help="the survey's enlarged view (default: the predictor's; 0: none)")
     add_tiling_arguments(parser)
     parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -471,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     sizing = {k: v for k, v in (("nucleus_px", args.nucleus_px), ("max_upscale", args.max_upscale),
                                   ("size_max_pixels", args.size_max_pixels),
                                   ("rescale_tolerance", args.rescale_tolerance),
-                                  ("upscale_max_pixels", args.upscale_max_pixels)) if v is not None}
+                                  ("upscale_max_pixels", args.upscale_max_pixels),
+                                  ("survey_range", args.survey_range), ("survey_upscale", args.survey_upscale)) if v is not None}
     try:
         if args.one_image:
             height, width = (int(v) for v in args.one_image.split("x"))

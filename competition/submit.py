@@ -94,9 +94,10 @@ class SubmitOptions:
             submission's ``expected_score`` (:mod:`competition.expected`).
         survey_factors: resize factors of the first nucleus-size pass (None: the predictor's
             default, native, half and quarter size).
-        nucleus_px, max_upscale, size_max_pixels, rescale_tolerance, upscale_max_pixels:
-            how far the size-estimated passes resize (at most, in factor and in pixels), how much of a large image the size passes see and
-            when a new estimate keeps the factors a pass ran at (see
+        nucleus_px, max_upscale, size_max_pixels, rescale_tolerance, upscale_max_pixels,
+        survey_range, survey_upscale:
+            how far the size-estimated passes resize (at most, in factor and in pixels), how much of a large image the size passes see,
+            when a new estimate keeps the factors a pass ran at and which survey view is trusted (see
             :class:`competition.predict.EnsemblePredictor`; None: its defaults).
         engine: what runs the network (:data:`competition.predict.engines.ENGINES`; ``auto``:
             the fastest installed on the CPU, PyTorch on CUDA).
@@ -131,12 +132,15 @@ class SubmitOptions:
     size_max_pixels: int | None = None
     rescale_tolerance: float | None = None
     upscale_max_pixels: int | None = None
+    survey_range: float | None = None
+    survey_upscale: float | None = None
 
     def sizing(self) -> dict[str, Any]:
         """The resizing settings asked for (None: the predictor's default), as keywords of
         :class:`~competition.predict.EnsemblePredictor`."""
         return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels,
-                "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels}
+                "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels,
+                "survey_range": self.survey_range, "survey_upscale": self.survey_upscale}
 
 
 @dataclass

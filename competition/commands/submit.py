@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred.add_argument("--size-passes", type=int, default=2, help="passes without TTA that estimate the nucleus size, for members trained at a nucleus_diameter")
     pred.add_argument("--survey-factors", type=float, nargs="+", metavar="F",
                       help="resize factors of the first nucleus-size pass (default: 1 0.5 0.25)")
+    pred.add_argument("--survey-range", type=float, metavar="R",
+                      help="the survey trusts its largest factor whose nuclei measure within R times the members' diameter (default: 1.6; 1: the closest view)")
+    pred.add_argument("--survey-upscale", type=float, metavar="F",
+                      help="the survey's enlarged view for images of small nuclei (default: 2; 0: none)")
     pred.add_argument("--nucleus-px", type=float, metavar="PX",
                       help="nucleus diameter the size-estimated passes resize to (default: each member's nucleus_diameter; lower is faster)")
     pred.add_argument("--max-upscale", type=float, metavar="F",
@@ -102,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         size_max_pixels=args.size_max_pixels,
         rescale_tolerance=args.rescale_tolerance,
         upscale_max_pixels=args.upscale_max_pixels,
+        survey_range=args.survey_range,
+        survey_upscale=args.survey_upscale,
     )
     result = make_submission(options)
     for line in format_summary(result):

@@ -27,10 +27,24 @@ from competition.predict.members import LoadedMember, predict_scaled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SURVEY_FACTORS", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "UPSCALE_MAX_PIXELS", "SIZE_MAX_PIXELS", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
+__all__ = ["SURVEY_FACTORS", "SURVEY_RANGE", "SURVEY_UPSCALE", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "UPSCALE_MAX_PIXELS", "SIZE_MAX_PIXELS", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
 
 #: Downscales tried beside the native size in the first nucleus-size pass.
 SURVEY_FACTORS = (0.5, 0.25)
+
+#: A survey factor is trusted when the median diameter it measures, times the factor (the
+#: nuclei's size in the network's input), lies within this ratio of the members' diameter:
+#: the range the cpu recipe's scale jitter (1.6) trained the network on. The largest such
+#: factor wins, because a view shrunk further can merge a cluster of small nuclei into one
+#: blob of the trained size (measured on condition-out fold 0 and 200 images of the other
+#: folds: README, "Nucleus-size estimate").
+SURVEY_RANGE = 1.6
+
+#: The survey also looks at the image enlarged by this factor when the native view measures
+#: nuclei small enough (under ``SURVEY_RANGE`` times the members' diameter once enlarged) and
+#: the enlarged image stays within :meth:`EnsemblePredictor.upscale_limit`: small touching
+#: nuclei that the native view merges come apart there. 0 disables it.
+SURVEY_UPSCALE = 2.0
 
 #: The resize factors of the size-estimated passes are rounded to this many steps per
 #: octave (16: at most 2.2% from the estimate, well inside the estimate's own error), so
@@ -157,6 +171,12 @@ class EnsemblePredictor:
             pixels (the factor is at most ``sqrt(upscale_max_pixels / pixels)``, and never
             held below 1; default :data:`UPSCALE_MAX_PIXELS`; 0: no limit beyond
             ``max_upscale``).
+        survey_range: a survey factor is trusted when its nuclei measure within this ratio of
+            the members' diameter in the network's input; the largest such factor wins
+            (default :data:`SURVEY_RANGE`; 1: the factor that came closest wins, the rule
+            before 2026-12-04).
+        survey_upscale: the enlarged survey view's factor (default :data:`SURVEY_UPSCALE`;
+            0: none).
         size_max_pixels: the size passes of a larger image see at most this many pixels of
             it, in four windows spread over the image, instead of the whole image (default
             :data:`SIZE_MAX_PIXELS`; 0: the whole image). The final pass always predicts the
@@ -185,6 +205,8 @@ class EnsemblePredictor:
         size_max_pixels: int | None = None,
         rescale_tolerance: float | None = None,
         upscale_max_pixels: int | None = None,
+        survey_range: float | None = None,
+        survey_upscale: float | None = None,
     ) -> None:
         from competition.predict.engines import make_engine, resolve_engine
 
@@ -196,6 +218,12 @@ class EnsemblePredictor:
         self.survey_factors = tuple(float(f) for f in (survey_factors or (1.0, *SURVEY_FACTORS)))
         if not self.survey_factors or any(not 0 < f <= 4 for f in self.survey_factors):
             raise UserError(f"survey factors must lie in (0, 4], got {list(self.survey_factors)}")
+        self.survey_range = float(SURVEY_RANGE if survey_range is None else survey_range)
+        if not 1 <= self.survey_range <= 4:
+            raise UserError(f"survey_range must lie in [1, 4] (1: the closest view wins), got {survey_range}")
+        self.survey_upscale = float(SURVEY_UPSCALE if survey_upscale is None else survey_upscale)
+        if self.survey_upscale != 0 and not 1 < self.survey_upscale <= 4:
+            raise UserError(f"survey_upscale must be 0 (off) or lie in (1, 4], got {survey_upscale}")
         self.nucleus_px = None if nucleus_px is None else float(nucleus_px)
         if self.nucleus_px is not None and not 4 <= self.nucleus_px <= 256:
             raise UserError(f"nucleus_px must lie in [4, 256] px, got {nucleus_px}")
@@ -269,7 +297,8 @@ class EnsemblePredictor:
         ``size_max_pixels`` None: the size passes saw whole images; ``upscale_max_pixels``
         None: no pixel limit on the up-scaling)."""
         return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels,
-                "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels}
+                "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels,
+                "survey_range": self.survey_range, "survey_upscale": self.survey_upscale}
 
     def upscale_limit(self, shape: tuple[int, ...]) -> float:
         """The largest resize factor of a size-estimated pass on an image of ``shape``:
@@ -341,13 +370,19 @@ class EnsemblePredictor:
                          targets: dict[str, float]) -> tuple[Route, dict[str, np.ndarray]]:
         """Size passes for members trained at a fixed nucleus diameter (no TTA).
 
-        The first pass runs at each of ``survey_factors`` (by default the native size and the
-        :data:`SURVEY_FACTORS` below it, a quarter and a sixteenth of the cost): the routed members' mean probabilities,
-        post-processed with the type's parameters, give a median diameter at each factor,
-        and the factor at which the nuclei measured closest to the members' own diameter is
-        trusted (large, dim nuclei break up at the native size, where they are several
-        times what the network was trained on, and come out whole when shrunk). Each
-        further pass (``size_passes``) predicts at the current factors and measures again.
+        The first pass (the survey) looks at ``survey_factors`` from the largest down (by
+        default the native size, then the :data:`SURVEY_FACTORS` below it, a quarter and a
+        sixteenth of the cost): the routed members' mean probabilities, post-processed with
+        the type's parameters, give a median diameter at each factor. The largest factor at
+        which the nuclei measure within ``survey_range`` of the members' diameter (in the
+        network's input) is trusted, and the smaller ones are not run: large, dim nuclei break
+        up at the native size, where they are several times what the network was trained on,
+        and come out whole when shrunk; but a shrunk view can also merge a cluster of small
+        nuclei into one blob of the trained size, so the sharpest view that fits wins. When
+        the native view measures small nuclei, the survey also looks at the image enlarged by
+        ``survey_upscale`` (within :meth:`upscale_limit`), where touching small nuclei come
+        apart. Where no factor fits, the one that came closest wins. Each further pass
+        (``size_passes``) predicts at the current factors and measures again.
         An image above ``size_max_pixels`` is measured on :func:`size_windows` of it.
 
         Factors within ``rescale_tolerance`` octaves of ones a pass already ran at are
@@ -401,18 +436,36 @@ class EnsemblePredictor:
             return closest or factors
 
         smallest = min(min(image[w].shape[:2]) for w, _ in windows)
-        diameter, best = None, math.inf
-        for factor in self.survey_factors:
+        hi = self.upscale_limit(image.shape)
+        lo_fit, hi_fit = target / self.survey_range, target * self.survey_range
+        surveyed: dict[float, float] = {}  # factor -> the diameter measured there (in native pixels)
+
+        def survey(factor: float) -> bool:
+            """Measure at ``factor``; True when the nuclei come out within the trained range."""
             if smallest * factor < 32:
-                continue
+                return False
             estimate = measure({k: factor for k, _ in route.members})
             if estimate is None:
-                continue
-            misfit = abs(math.log(estimate * factor / target))
-            if misfit < best:
-                diameter, best = estimate, misfit
+                return False
+            surveyed[factor] = estimate
+            return lo_fit <= estimate * factor <= hi_fit
 
-        hi = self.upscale_limit(image.shape)
+        top = max(self.survey_factors)
+        for factor in sorted(self.survey_factors, reverse=True):
+            fits = survey(factor)
+            up = factor * self.survey_upscale
+            if (factor == top and self.survey_upscale > 1 and up <= hi and factor in surveyed
+                    and surveyed[factor] * up <= hi_fit and survey(up)):
+                break  # the enlarged view resolves the nuclei within the trained range
+            if fits:
+                break  # a smaller view could only merge what this one resolves
+        fitting = [f for f, d in surveyed.items() if lo_fit <= d * f <= hi_fit]
+        if fitting:
+            diameter = surveyed[max(fitting)]
+        elif surveyed:  # nowhere within the range: the view that came closest
+            diameter = surveyed[min(surveyed, key=lambda f: abs(math.log(surveyed[f] * f / target)))]
+        else:
+            diameter = None
 
         def scales_for(d: float | None) -> dict[str, float]:
             return settle({k: snap_scale(scale_factor(d, self.nucleus_px or targets[k], hi=hi),
