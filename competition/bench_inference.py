@@ -29,12 +29,13 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 __all__ = ["InferenceTiming", "Stage2Report", "STAGE2_SHAPES", "STAGE2_IMAGES", "bench_inference", "bench_stage2",
-           "stage2_like", "peak_memory", "compare_objects", "main"]
+           "stage2_like", "peak_memory", "compare_objects", "ObjectChanges", "main"]
 
 #: Images in the competition's final stage (``stage2_test_final``), all of which must be predicted.
 STAGE2_IMAGES = 3019
@@ -81,6 +82,10 @@ class InferenceTiming:
             (the last fast line with flips) does not reproduce pixel for pixel; None: not compared.
         agreement: on the reference line: the competition score of the fast path's flips
             run scored against the reference's objects as the solution (1.0: identical).
+        reshaped_objects: on the reference line: its objects that no fast object overlaps
+            at IoU above 0.9 (the strictest thresholds' difference).
+        unpartnered_objects: on the reference line: its objects that no fast object overlaps
+            at IoU above 0.5 (lost, split or merged: a difference at every threshold).
     """
 
     tta: str
@@ -95,6 +100,8 @@ class InferenceTiming:
     engine: str = "torch"
     changed_objects: int | None = None
     agreement: float | None = None
+    reshaped_objects: int | None = None
+    unpartnered_objects: int | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -110,7 +117,8 @@ class InferenceTiming:
             f"encoding {share(self.encode_s):4.1f}%; {self.n_objects} objects"
             + (f"; size passes {share(self.size_pass_s):4.1f}% of the time" if self.size_pass_s else "")
             + (f"; against the fast path: {self.changed_objects} of these objects not reproduced pixel for pixel, "
-               f"its score against them {self.agreement:.4f}" if self.changed_objects is not None else "")
+               f"{self.reshaped_objects} without a fast object at IoU > 0.9, {self.unpartnered_objects} without one at "
+               f"IoU > 0.5; its score against them {self.agreement:.4f}" if self.changed_objects is not None else "")
         )
 
 
@@ -172,17 +180,30 @@ class _Clock:
                                predictor.timings.size_estimate, label)
 
 
-def compare_objects(fast: "_Clock", reference: "_Clock") -> tuple[int, float]:
-    """How far ``fast``'s objects are from ``reference``'s on the same images: the reference
-    objects with no pixel-identical fast object, and the competition score of ``fast``
-    against ``reference`` as the solution (1.0 when every image's objects are identical)."""
-    from competition.metric import score_images
+class ObjectChanges(NamedTuple):
+    """How far a fast run's objects are from the reference's on the same images (counts of
+    reference objects)."""
+
+    changed: int  #: with no pixel-identical fast object
+    agreement: float  #: the fast run's competition score against the reference as the solution
+    reshaped: int  #: with no fast object at IoU > 0.9
+    unpartnered: int  #: with no fast object at IoU > 0.5 (lost, split or merged)
+
+
+def compare_objects(fast: "_Clock", reference: "_Clock") -> ObjectChanges:
+    """How far ``fast``'s objects are from ``reference``'s on the same images (agreement 1.0
+    and no change when every image's objects are identical)."""
+    from competition.metric import THRESHOLDS, score_images
     from competition.rle import rles_to_label
 
     changed = sum(len(set(ref) - set(run)) for (_, run), (_, ref) in zip(fast.objects, reference.objects))
     pairs = ((str(i), rles_to_label(ref, shape), rles_to_label(run, shape))
              for i, ((shape, run), (_, ref)) in enumerate(zip(fast.objects, reference.objects)))
-    return changed, float(score_images(pairs).score)
+    result = score_images(pairs)
+    n_true = sum(s.n_true for s in result.images)
+    at = {t: i for i, t in enumerate(THRESHOLDS)}
+    return ObjectChanges(changed, float(result.score), n_true - sum(s.tp[at[0.9]] for s in result.images),
+                         n_true - sum(s.tp[at[0.5]] for s in result.images))
 
 
 def bench_inference(
@@ -251,8 +272,9 @@ def bench_inference(
         if n_run < len(tta) and clock.keep_objects:
             fast_clock = clock
         elif n_run == len(tta) and fast_clock is not None:  # the reference, against the fast run
-            changed, agreement = compare_objects(fast_clock, clock)
-            timing = replace(timing, changed_objects=changed, agreement=agreement)
+            changes = compare_objects(fast_clock, clock)
+            timing = replace(timing, changed_objects=changes.changed, agreement=changes.agreement,
+                             reshaped_objects=changes.reshaped, unpartnered_objects=changes.unpartnered)
         log.info("%s", timing.line())
         timings.append(timing)
     return timings

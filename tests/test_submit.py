@@ -534,10 +534,16 @@ def test_compare_objects_counts_reference_objects_the_fast_run_does_not_reproduc
     a, b, c = _Clock(), _Clock(), _Clock()
     for clock, label in ((a, ref), (b, same), (c, moved)):
         clock.objects.append((label.shape, label_to_rles(label)))
-    assert compare_objects(b, a) == (0, 1.0)
-    changed, agreement = compare_objects(c, a)
-    assert changed == 1
-    assert agreement == pytest.approx(np.mean([1.0] * 4 + [1 / 3] * 6))
+    assert compare_objects(b, a) == (0, 1.0, 0, 0)
+    changes = compare_objects(c, a)
+    assert changes.changed == 1 and changes.reshaped == 1, "moved at IoU 2/3: matched up to 0.65"
+    assert changes.unpartnered == 0
+    assert changes.agreement == pytest.approx(np.mean([1.0] * 4 + [1 / 3] * 6))
+    lost = ref.copy()
+    lost[lost == 2] = 0
+    d = _Clock()
+    d.objects.append((lost.shape, label_to_rles(lost)))
+    assert compare_objects(d, a)[2:] == (1, 1)
 
 
 def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_settings(world, monkeypatch):
