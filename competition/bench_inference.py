@@ -29,8 +29,8 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class ObjectChanges(NamedTuple):
 def compare_objects(fast: "_Clock", reference: "_Clock") -> ObjectChanges:
     """How far ``fast``'s objects are from ``reference``'s on the same images (agreement 1.0
     and no change when every image's objects are identical)."""
-    from competition.metric import THRESHOLDS, score_images
+    from competition.metric import THRESHOLD_STEPS, score_images
     from competition.rle import rles_to_label
 
     changed = sum(len(set(ref) - set(run)) for (_, run), (_, ref) in zip(fast.objects, reference.objects))
@@ -201,9 +201,9 @@ def compare_objects(fast: "_Clock", reference: "_Clock") -> ObjectChanges:
              for i, ((shape, run), (_, ref)) in enumerate(zip(fast.objects, reference.objects)))
     result = score_images(pairs)
     n_true = sum(s.n_true for s in result.images)
-    at = {t: i for i, t in enumerate(THRESHOLDS)}
-    return ObjectChanges(changed, float(result.score), n_true - sum(s.tp[at[0.9]] for s in result.images),
-                         n_true - sum(s.tp[at[0.5]] for s in result.images))
+    at_90, at_50 = THRESHOLD_STEPS.index(18), THRESHOLD_STEPS.index(10)  # t = k / 20
+    return ObjectChanges(changed, float(result.score), n_true - sum(s.tp[at_90] for s in result.images),
+                         n_true - sum(s.tp[at_50] for s in result.images))
 
 
 def bench_inference(
@@ -457,7 +457,7 @@ def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str
 def main(argv: list[str] | None = None) -> int:
     """Command line: stage-1 lines (one per TTA mode, then the reference), the stage-2-like
     lines and the peak memory."""
-    from competition.commands.submit import add_tiling_arguments, tiling_from_args
+    from competition.commands.submit import add_sizing_arguments, add_tiling_arguments, sizing_from_args, tiling_from_args
     from competition.errors import UserError
 
     parser = argparse.ArgumentParser(prog="python -m competition.bench_inference", description=__doc__.split("\n\n")[0],
@@ -476,13 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-every", type=int, default=8, metavar="K",
                         help="time the reference on every K-th stage-2-like image")
     parser.add_argument("--no-peak-memory", action="store_true", help="skip the peak-memory run")
-    parser.add_argument("--nucleus-px", type=float, help="nucleus diameter of the size-estimated passes (default: the members')")
-    parser.add_argument("--max-upscale", type=float, help="largest resize factor (default: the predictor's)")
-    parser.add_argument("--size-max-pixels", type=int, help="pixels the size passes see of a large image (default: the predictor's; 0: all)")
-    parser.add_argument("--upscale-max-pixels", type=int, help="pixels an image is up-scaled to at most (default: the predictor's; 0: no limit)")
-    parser.add_argument("--rescale-tolerance", type=float, help="octaves within which a size estimate keeps a pass's factors (default: the predictor's)")
-    parser.add_argument("--survey-range", type=float, help="the survey's trusted range around the members' diameter (default: the predictor's; 1: the closest view)")
-    parser.add_argument("--survey-upscale", type=float, help="the survey's enlarged view (default: the predictor's; 0: none)")
+    add_sizing_arguments(parser)
     add_tiling_arguments(parser)
     parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -493,11 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sizing = {k: v for k, v in (("nucleus_px", args.nucleus_px), ("max_upscale", args.max_upscale),
-                                  ("size_max_pixels", args.size_max_pixels),
-                                  ("rescale_tolerance", args.rescale_tolerance),
-                                  ("upscale_max_pixels", args.upscale_max_pixels),
-                                  ("survey_range", args.survey_range), ("survey_upscale", args.survey_upscale)) if v is not None}
+    sizing = sizing_from_args(args)
     try:
         if args.one_image:
             height, width = (int(v) for v in args.one_image.split("x"))

@@ -29,6 +29,36 @@ def tiling_from_args(args: argparse.Namespace):
     return Tiling(tile_size=args.tile_size, overlap=args.tile_overlap, max_side=args.max_side, batch_size=args.batch_size)
 
 
+#: The resizing options of :func:`add_sizing_arguments`: keywords of
+#: :class:`competition.predict.EnsemblePredictor` (and of ``SubmitOptions``).
+SIZING_OPTIONS = ("survey_range", "survey_upscale", "nucleus_px", "max_upscale", "upscale_max_pixels", "size_max_pixels",
+                  "rescale_tolerance")
+
+
+def add_sizing_arguments(parser) -> None:
+    """The resizing options of the size-estimated passes (no defaults here: an option left out
+    keeps the predictor's), read back by :func:`sizing_from_args`."""
+    parser.add_argument("--survey-range", type=float, metavar="R",
+                        help="the survey trusts its largest factor whose nuclei measure within R times the members' diameter (default: 1.6; 1: the closest view)")
+    parser.add_argument("--survey-upscale", type=float, metavar="F",
+                        help="the survey's enlarged view for images of small nuclei (default: 2; 0: none)")
+    parser.add_argument("--nucleus-px", type=float, metavar="PX",
+                        help="nucleus diameter the size-estimated passes resize to (default: each member's nucleus_diameter; lower is faster)")
+    parser.add_argument("--max-upscale", type=float, metavar="F",
+                        help="largest resize factor of the size-estimated passes (default: 2)")
+    parser.add_argument("--upscale-max-pixels", type=int, metavar="N",
+                        help="the size-estimated passes up-scale an image to at most N pixels (default: 2000000; 0: no limit beyond --max-upscale)")
+    parser.add_argument("--size-max-pixels", type=int, metavar="N",
+                        help="the size passes of a larger image see four windows of N/4 pixels, not the whole image (default: 500000; 0: the whole image)")
+    parser.add_argument("--rescale-tolerance", type=float, metavar="OCTAVES",
+                        help="a size estimate within this many octaves of a pass's factors keeps them, and that pass is the identity view of the final one (default: 0.125; 0: exact factors only)")
+
+
+def sizing_from_args(args: argparse.Namespace) -> dict:
+    """The :data:`SIZING_OPTIONS` given on the command line, as predictor keywords."""
+    return {k: getattr(args, k) for k in SIZING_OPTIONS if getattr(args, k) is not None}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe name (models in MODELS/<recipe>/)")
     parser.add_argument("--data", type=Path, required=True, help="DATA_DIR holding <stage>_test/ and the sample submission")
@@ -45,20 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pred.add_argument("--size-passes", type=int, default=2, help="passes without TTA that estimate the nucleus size, for members trained at a nucleus_diameter")
     pred.add_argument("--survey-factors", type=float, nargs="+", metavar="F",
                       help="resize factors of the first nucleus-size pass (default: 1 0.5 0.25)")
-    pred.add_argument("--survey-range", type=float, metavar="R",
-                      help="the survey trusts its largest factor whose nuclei measure within R times the members' diameter (default: 1.6; 1: the closest view)")
-    pred.add_argument("--survey-upscale", type=float, metavar="F",
-                      help="the survey's enlarged view for images of small nuclei (default: 2; 0: none)")
-    pred.add_argument("--nucleus-px", type=float, metavar="PX",
-                      help="nucleus diameter the size-estimated passes resize to (default: each member's nucleus_diameter; lower is faster)")
-    pred.add_argument("--max-upscale", type=float, metavar="F",
-                      help="largest resize factor of the size-estimated passes (default: 2)")
-    pred.add_argument("--upscale-max-pixels", type=int, metavar="N",
-                      help="the size-estimated passes up-scale an image to at most N pixels (default: 2000000; 0: no limit beyond --max-upscale)")
-    pred.add_argument("--size-max-pixels", type=int, metavar="N",
-                      help="the size passes of a larger image see four windows of N/4 pixels, not the whole image (default: 500000; 0: the whole image)")
-    pred.add_argument("--rescale-tolerance", type=float, metavar="OCTAVES",
-                      help="a size estimate within this many octaves of a pass's factors keeps them, and that pass is the identity view of the final one (default: 0.125; 0: exact factors only)")
+    add_sizing_arguments(pred)
     pred.add_argument("--postprocess-workers", type=int, metavar="N",
                       help="threads post-processing one image while the network predicts the next (default: 1 on CUDA, 0 on the CPU)")
     pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
@@ -101,13 +118,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         postprocess_workers=args.postprocess_workers,
         survey_factors=tuple(args.survey_factors) if args.survey_factors else None,
-        nucleus_px=args.nucleus_px,
-        max_upscale=args.max_upscale,
-        size_max_pixels=args.size_max_pixels,
-        rescale_tolerance=args.rescale_tolerance,
-        upscale_max_pixels=args.upscale_max_pixels,
-        survey_range=args.survey_range,
-        survey_upscale=args.survey_upscale,
+        **sizing_from_args(args),
     )
     result = make_submission(options)
     for line in format_summary(result):

@@ -450,22 +450,20 @@ class EnsemblePredictor:
             surveyed[factor] = estimate
             return lo_fit <= estimate * factor <= hi_fit
 
-        top = max(self.survey_factors)
+        top, trusted = max(self.survey_factors), None
         for factor in sorted(self.survey_factors, reverse=True):
             fits = survey(factor)
             up = factor * self.survey_upscale
             if (factor == top and self.survey_upscale > 1 and up <= hi and factor in surveyed
                     and surveyed[factor] * up <= hi_fit and survey(up)):
-                break  # the enlarged view resolves the nuclei within the trained range
+                trusted = up  # the enlarged view resolves the nuclei within the trained range
+                break
             if fits:
-                break  # a smaller view could only merge what this one resolves
-        fitting = [f for f, d in surveyed.items() if lo_fit <= d * f <= hi_fit]
-        if fitting:
-            diameter = surveyed[max(fitting)]
-        elif surveyed:  # nowhere within the range: the view that came closest
-            diameter = surveyed[min(surveyed, key=lambda f: abs(math.log(surveyed[f] * f / target)))]
-        else:
-            diameter = None
+                trusted = factor  # a smaller view could only merge what this one resolves
+                break
+        if trusted is None and surveyed:  # nowhere within the range: the view that came closest
+            trusted = min(surveyed, key=lambda f: abs(math.log(surveyed[f] * f / target)))
+        diameter = surveyed.get(trusted)
 
         def scales_for(d: float | None) -> dict[str, float]:
             return settle({k: snap_scale(scale_factor(d, self.nucleus_px or targets[k], hi=hi),

@@ -145,8 +145,6 @@ class StainRecolour(A.ImageOnlyTransform):
         return ()
 
 
-
-
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
     """Uniform noise on a grid of ``cell`` px, cubic-resized to ``shape``: values about [0, 1]."""
     h, w = shape
