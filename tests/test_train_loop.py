@@ -449,3 +449,32 @@ def test_recipes_validate_offline_weights_and_precision():
     ok = parse_recipe({"all": [{"name": "a", "encoder": "timm-tf_efficientnet_lite0",
                                 "encoder_weights": "imagenet-offline", "precision": "bf16"}]}, name="t")
     assert ok.members[0].precision == "bf16"
+
+
+def test_a_step_skipped_by_float16_loss_scaling_does_not_advance_the_schedule(caplog):
+    """GradScaler skips the optimizer step whose scaled gradients overflow (the first steps of
+    every CUDA member start at scale 65536); the learning-rate schedule must not run ahead."""
+    from competition.train.loop import train_one_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 1)
+    batches = [(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.ones(2, 1, 8, 8))] * 12
+    loss_fn = lambda logits, targets, mask: (logits * mask).sum()  # noqa: E731  (gradients about 2**7)
+
+    def run(scaler):
+        opt = torch.optim.SGD(model.parameters(), lr=1e-9)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
+        with caplog.at_level(logging.INFO, logger="competition.train.loop"):
+            loss = train_one_epoch(model, batches, opt, sched, loss_fn, torch.device("cpu"), scaler,
+                                   precision="fp32")
+        return loss, sched.last_epoch
+
+    caplog.clear()
+    loss, steps = run(torch.amp.GradScaler("cpu", enabled=False))
+    assert math.isfinite(loss) and steps == 12 and "skipped" not in caplog.text
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # overflows until the scale has halved enough
+    loss, steps = run(scaler)
+    skipped = 12 - steps
+    assert 0 < skipped < 12, "some steps overflowed, then the scale came down and steps were taken"
+    assert scaler.get_scale() == 2.0**127 / 2**skipped, "one halving per skipped step, one schedule step per taken one"
+    assert f"{skipped} of 12 optimizer steps skipped" in caplog.text

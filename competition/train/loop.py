@@ -144,7 +144,8 @@ def train_one_epoch(
     info: ddp.DistInfo = ddp.DistInfo(),
     desc: str = "train",
 ) -> float:
-    """One pass over ``loader``; the scheduler is stepped after every batch.
+    """One pass over ``loader``; the scheduler is stepped after every optimizer step (not after
+    one that float16 loss scaling skipped for an overflow: the schedule stays on the steps taken).
 
     Args:
         model: in train mode here (DDP-wrapped under torchrun).
@@ -164,7 +165,7 @@ def train_one_epoch(
     """
     model.train()
     cuda = device.type == "cuda"
-    total, n = 0.0, 0
+    total, n, skipped = 0.0, 0, 0
     bar = _progress(loader, len(loader), desc, info.is_main)
     for step, (x, targets, mask) in enumerate(bar):
         x = x.to(device, non_blocking=cuda)
@@ -183,13 +184,20 @@ def train_one_epoch(
         if grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scale = scaler.get_scale() if scaler.is_enabled() else 0.0
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
+        if scaler.get_scale() >= scale:  # the scaler lowers its scale when float16 overflowed and it skipped the step
+            scheduler.step()
+        else:
+            skipped += 1
         total += float(loss.item())
         n += 1
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+    if skipped and info.is_main:
+        log.info("%s: %d of %d optimizer steps skipped by float16 loss scaling (overflow); the learning-rate "
+                 "schedule waited for them", desc, skipped, n)
     return ddp.mean_over_ranks(total / max(n, 1), info, device)
 
 
