@@ -255,6 +255,23 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool):
+    """Set ``torch.backends.cudnn.benchmark`` inside the block and restore it after.
+
+    Training turns the autotuner on (:func:`configure_device`): its crops all have one shape,
+    so the search runs once. Whole images come in many shapes, and the autotuner searches
+    again for every new one (seconds each on CUDA); validation on them runs with it off.
+    No effect on the CPU.
+    """
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def uses_channels_last(device: torch.device, precision: str) -> bool:
     """channels_last memory format pays on CUDA and with bf16 on the CPU."""
     return device.type == "cuda" or compute_precision(device, precision) == "bf16"

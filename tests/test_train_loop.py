@@ -478,3 +478,24 @@ def test_a_step_skipped_by_float16_loss_scaling_does_not_advance_the_schedule(ca
     assert 0 < skipped < 12, "some steps overflowed, then the scale came down and steps were taken"
     assert scaler.get_scale() == 2.0**127 / 2**skipped, "one halving per skipped step, one schedule step per taken one"
     assert f"{skipped} of 12 optimizer steps skipped" in caplog.text
+
+
+def test_validation_on_whole_images_runs_without_the_cudnn_autotuner(trained, data, monkeypatch):
+    """Training turns cuDNN's autotuner on (one crop shape); whole images of many shapes would
+    make it search again for each one, so validation turns it off and restores it after."""
+    import competition.predict.members as members
+    from competition.train.loop import evaluate
+
+    out, _ = trained
+    model, config = load_member(out)
+    seen, real = [], members.predict_scaled
+
+    def recording(*args, **kw):
+        seen.append(torch.backends.cudnn.benchmark)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(members, "predict_scaled", recording)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    result = evaluate(model, data[:2], config, torch.device("cpu"))
+    assert seen == [False, False] and torch.backends.cudnn.benchmark is True
+    assert math.isfinite(result.score)

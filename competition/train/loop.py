@@ -36,6 +36,7 @@ from competition.network import (
     autocast_for,
     build_network,
     compute_precision,
+    cudnn_autotune,
     load_encoder_weights,
     set_encoder_frozen,
     unwrap,
@@ -262,7 +263,8 @@ def evaluate(
     for s in _progress(samples, len(samples), desc):
         # the prediction path of submit, at the true nucleus size (see competition.scale)
         scale = label_scale(s.label, target) if target > 0 else 1.0
-        probs = predict_scaled(loaded, s.image, scale, tta="none", device=device)
+        with cudnn_autotune(False):  # whole images: a new shape nearly every time
+            probs = predict_scaled(loaded, s.image, scale, tta="none", device=device)
         if loss_fn is not None:
             targets = make_targets(s.label, channels,
                                    boundary_width=member.get("boundary_width", 2),
