@@ -3,7 +3,9 @@ ensemble, on the stage-1 test images and on a generated set shaped like stage 2,
 today's float32 PyTorch path measured in the same run.
 
 - Stage 1 (:func:`bench_inference`): the 65 test images with each TTA mode on the default
-  engine (``auto``), and with flips on the float32 PyTorch reference; images per second and
+  engine (``auto``), and with flips on float32 PyTorch twice: at the same resizing (the engine
+  check: how many objects the engine's precision alone changes) and as the reference (today's
+  path, its resizing included); images per second and
   the share of the time spent in the network (forward passes), in the rest of the ensemble
   prediction (normalisation, tiling, blending), in post-processing (watershed) and in
   run-length encoding. Image reading is done before the clock starts.
@@ -77,14 +79,16 @@ class InferenceTiming:
         n_objects: objects found.
         size_pass_s: part of ``network_s``..``predict_s``: the passes that estimate the
             nucleus size (members trained at a ``nucleus_diameter``).
-        engine: the engine(s) that ran the network, ``+ fp32`` for the reference.
-        changed_objects: on the reference line: its objects that the fast path's flips run
-            (the last fast line with flips) does not reproduce pixel for pixel; None: not compared.
-        agreement: on the reference line: the competition score of the fast path's flips
-            run scored against the reference's objects as the solution (1.0: identical).
-        reshaped_objects: on the reference line: its objects that no fast object overlaps
+        engine: the engine(s) that ran the network, `` fp32`` for the reference, and
+            :data:`ENGINE_CHECK_LABEL` after that for the engine check.
+        changed_objects: on the engine check's and the reference's lines: that run's objects
+            that the fast path's flips run (the last fast line with flips) does not reproduce
+            pixel for pixel; None: not compared.
+        agreement: on those lines: the competition score of the fast path's flips
+            run scored against that run's objects as the solution (1.0: identical).
+        reshaped_objects: on those lines: its objects that no fast object overlaps
             at IoU above 0.9 (the strictest thresholds' difference).
-        unpartnered_objects: on the reference line: its objects that no fast object overlaps
+        unpartnered_objects: on those lines: its objects that no fast object overlaps
             at IoU above 0.5 (lost, split or merged: a difference at every threshold).
     """
 
@@ -129,6 +133,10 @@ class InferenceTiming:
 REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": 0, "rescale_tolerance": 0.0,
                     "survey_range": 1.0, "survey_upscale": 0,
                     "upscale_max_pixels": 0}
+
+
+#: Appended to the engine check's engine: float32 PyTorch at the fast path's own resizing.
+ENGINE_CHECK_LABEL = " at the fast sizing"
 
 
 def _predictor(ensemble, *, device, tta, tiling, loader, engine, precision=None, sizing=None):
@@ -221,6 +229,7 @@ def bench_inference(
     engine: str = "auto",
     reference: str | None = "flips",
     sizing: dict | None = None,
+    engine_check: bool = True,
 ) -> list[InferenceTiming]:
     """Time the ensemble of ``recipe`` on the test images of ``data_dir``.
 
@@ -241,9 +250,12 @@ def bench_inference(
         sizing: ``nucleus_px``/``max_upscale``/``size_max_pixels`` of the timed runs (see
             :class:`competition.predict.EnsemblePredictor`); the reference keeps
             :data:`REFERENCE_SIZING`.
+        engine_check: with ``reference``, also run float32 PyTorch at the timed runs' own
+            ``sizing`` before the reference: its objects against the fast path's are the
+            engine's difference alone (the reference's also hold the resizing's).
 
     Returns:
-        One :class:`InferenceTiming` per TTA mode, then the reference's.
+        One :class:`InferenceTiming` per TTA mode, then the engine check's, then the reference's.
     """
     from competition.data.io import read_image
     from competition.ensemble import load_ensemble
@@ -255,10 +267,12 @@ def bench_inference(
     images = [read_image(image_path(split, i)) for i in ids]
     ensemble = load_ensemble(models_dir, recipe, create=False)
     set_threads(threads)
-    runs = [(mode, engine, None, sizing) for mode in tta]
-    runs += [(reference, "torch", "fp32", REFERENCE_SIZING)] if reference else []
+    runs = [(mode, engine, None, sizing, "") for mode in tta]
+    if reference:
+        runs += [(reference, "torch", "fp32", sizing, ENGINE_CHECK_LABEL)] if engine_check else []
+        runs += [(reference, "torch", "fp32", REFERENCE_SIZING, "")]
     timings, fast_clock = [], None  # fast_clock: the last fast run in the reference's TTA mode
-    for n_run, (mode, run_engine, precision, run_sizing) in enumerate(runs):
+    for n_run, (mode, run_engine, precision, run_sizing, suffix) in enumerate(runs):
         predictor = _predictor(ensemble, device=device, tta=mode, tiling=tiling, loader=loader, engine=run_engine,
                                precision=precision, sizing=run_sizing)
         if predictor.device.type == "cuda":  # warm-up: cuDNN autotuning is not inference time
@@ -268,10 +282,10 @@ def bench_inference(
         clock = _Clock(keep_objects=reference is not None and mode == reference)
         for image in images:
             clock.run(predictor, ensemble, image)
-        timing = clock.timing(predictor, mode, _label(predictor, precision))
+        timing = clock.timing(predictor, mode, _label(predictor, precision) + suffix)
         if n_run < len(tta) and clock.keep_objects:
             fast_clock = clock
-        elif n_run == len(tta) and fast_clock is not None:  # the reference, against the fast run
+        elif n_run >= len(tta) and fast_clock is not None:  # the engine check or the reference, against the fast run
             changes = compare_objects(fast_clock, clock)
             timing = replace(timing, changed_objects=changes.changed, agreement=changes.agreement,
                              reshaped_objects=changes.reshaped, unpartnered_objects=changes.unpartnered)
@@ -471,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
     parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"))
     parser.add_argument("--no-reference", action="store_true", help="skip the float32 PyTorch reference")
+    parser.add_argument("--no-engine-check", action="store_true",
+                        help="skip the float32 PyTorch run at the fast path's own sizing (the engine's difference alone)")
     parser.add_argument("--stage2-like", type=int, default=100, metavar="N",
                         help="generated stage-2-like images to time (0: skip)")
     parser.add_argument("--reference-every", type=int, default=8, metavar="K",
@@ -496,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         timings = bench_inference(args.models, args.recipe, args.data, args.n_images, args.tta, device=args.device,
                                   threads=args.threads, engine=args.engine, tiling=tiling,
-                                  reference=None if args.no_reference else "flips", sizing=sizing)
+                                  reference=None if args.no_reference else "flips", sizing=sizing,
+                                  engine_check=not args.no_engine_check)
         for timing in timings:
             print(timing.line(), flush=True)
         fast = {t.tta: t for t in timings[: len(args.tta)]}

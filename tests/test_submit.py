@@ -506,20 +506,25 @@ def test_predict_command_writes_labels_and_routing(world, tmp_path):
             assert z["probs"].shape == (3, *label.shape)
 
 
-def test_bench_inference_reports_each_tta_mode_and_the_float32_reference(world):
-    from competition.bench_inference import bench_inference
+def test_bench_inference_reports_each_tta_mode_the_engine_check_and_the_float32_reference(world):
+    from competition.bench_inference import ENGINE_CHECK_LABEL, bench_inference
 
     timings = bench_inference(world["models"], "standin", world["data"], n_images=1, tta=("none", "flips"), device="cpu",
                               loader=cached_loader)
-    assert [t.tta for t in timings] == ["none", "flips", "flips"]
+    assert [t.tta for t in timings] == ["none", "flips", "flips", "flips"]
     assert timings[-1].engine == "torch fp32"
+    assert timings[-2].engine == "torch fp32" + ENGINE_CHECK_LABEL
     assert all(t.n_images == 1 for t in timings)
     assert all(0 < t.network_s <= t.predict_s <= t.total_s for t in timings)
     assert "img/s" in timings[1].line()
-    assert timings[-1].changed_objects is not None and 0.0 <= timings[-1].agreement <= 1.0
-    assert timings[-1].changed_objects <= timings[-1].n_objects
-    assert "not reproduced pixel for pixel" in timings[-1].line()
-    assert timings[0].changed_objects is None
+    for compared in timings[-2:]:
+        assert compared.changed_objects is not None and 0.0 <= compared.agreement <= 1.0
+        assert compared.changed_objects <= compared.n_objects
+        assert "not reproduced pixel for pixel" in compared.line()
+    assert timings[0].changed_objects is None and timings[1].changed_objects is None
+    without = bench_inference(world["models"], "standin", world["data"], n_images=1, tta=("flips",), device="cpu",
+                              loader=cached_loader, engine_check=False)
+    assert [t.engine for t in without] == [timings[1].engine, "torch fp32"]
 
 
 def test_compare_objects_counts_reference_objects_the_fast_run_does_not_reproduce():
@@ -554,9 +559,10 @@ def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_setting
 
     def recording(*args, **kw):
         predictor = real(*args, **kw)
-        seen.append((kw.get("engine"), predictor.nucleus_px, predictor.max_upscale, predictor.size_max_pixels,
+        role = "reference" if kw.get("sizing") is B.REFERENCE_SIZING else kw.get("engine")
+        seen.append((role, predictor.nucleus_px, predictor.max_upscale, predictor.size_max_pixels,
                      predictor.upscale_max_pixels))
-        if kw.get("engine") == "torch":
+        if role == "reference":
             refs.append(predictor)
         return predictor
 
@@ -565,8 +571,9 @@ def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_setting
     B.bench_inference(world["models"], "standin", world["data"], n_images=1, tta=("none",), device="cpu",
                       loader=cached_loader, sizing=sizing)
     B.bench_stage2(world["models"], "standin", 1, every=1, device="cpu", loader=cached_loader, sizing=sizing)
-    timed = [s for s in seen if s[0] != "torch"]
-    reference = [s for s in seen if s[0] == "torch"]
+    timed = [s for s in seen if s[0] != "reference"]
+    reference = [s for s in seen if s[0] == "reference"]
+    assert any(s[0] == "torch" for s in timed), "the engine check: float32 PyTorch at the timed runs' sizing"
     assert timed and all(s[1:] == (12.0, 2.0, 20_000, 50_000) for s in timed)
     assert len(reference) == 2 and all(s[1:] == (None, 3.0, None, None) for s in reference)
     assert all(p.rescale_tolerance == 0.0 for p in refs), "the reference keeps no pass's factors but exact ones"
