@@ -268,9 +268,10 @@ def bench_inference(
     ensemble = load_ensemble(models_dir, recipe, create=False)
     set_threads(threads)
     runs = [(mode, engine, None, sizing, "") for mode in tta]
+    if reference and engine_check:
+        runs.append((reference, "torch", "fp32", sizing, ENGINE_CHECK_LABEL))
     if reference:
-        runs += [(reference, "torch", "fp32", sizing, ENGINE_CHECK_LABEL)] if engine_check else []
-        runs += [(reference, "torch", "fp32", REFERENCE_SIZING, "")]
+        runs.append((reference, "torch", "fp32", REFERENCE_SIZING, ""))
     timings, fast_clock = [], None  # fast_clock: the last fast run in the reference's TTA mode
     for n_run, (mode, run_engine, precision, run_sizing, suffix) in enumerate(runs):
         predictor = _predictor(ensemble, device=device, tta=mode, tiling=tiling, loader=loader, engine=run_engine,

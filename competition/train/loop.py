@@ -260,23 +260,23 @@ def evaluate(
                           Path("."), unwrap(model), dict(config))
     losses, pairs, probs_out = [], [], {}
     target = loaded.nucleus_diameter
-    for s in _progress(samples, len(samples), desc):
-        # the prediction path of submit, at the true nucleus size (see competition.scale)
-        scale = label_scale(s.label, target) if target > 0 else 1.0
-        with cudnn_autotune(False):  # whole images: a new shape nearly every time
+    with cudnn_autotune(False):  # whole images: a new shape nearly every time
+        for s in _progress(samples, len(samples), desc):
+            # the prediction path of submit, at the true nucleus size (see competition.scale)
+            scale = label_scale(s.label, target) if target > 0 else 1.0
             probs = predict_scaled(loaded, s.image, scale, tta="none", device=device)
-        if loss_fn is not None:
-            targets = make_targets(s.label, channels,
-                                   boundary_width=member.get("boundary_width", 2),
-                                   gap_width=member.get("gap_width", 2))
-            t = torch.from_numpy(targets)[None].to(device)
-            logits = torch.logit(torch.from_numpy(probs)[None].to(device), eps=1e-6)
-            with torch.inference_mode():
-                losses.append(float(loss_fn(logits, t, torch.ones_like(t[:, :1]))))
-        pred = watershed_instances(probs, channels=channels)
-        pairs.append((s.image_id, s.label, pred))
-        if keep_probs:
-            probs_out[s.image_id] = np.round(probs * OOF_SCALE).astype(np.uint8)
+            if loss_fn is not None:
+                targets = make_targets(s.label, channels,
+                                       boundary_width=member.get("boundary_width", 2),
+                                       gap_width=member.get("gap_width", 2))
+                t = torch.from_numpy(targets)[None].to(device)
+                logits = torch.logit(torch.from_numpy(probs)[None].to(device), eps=1e-6)
+                with torch.inference_mode():
+                    losses.append(float(loss_fn(logits, t, torch.ones_like(t[:, :1]))))
+            pred = watershed_instances(probs, channels=channels)
+            pairs.append((s.image_id, s.label, pred))
+            if keep_probs:
+                probs_out[s.image_id] = np.round(probs * OOF_SCALE).astype(np.uint8)
     if not pairs:
         return EvalResult(math.nan, math.nan, {})
     result = score_images(pairs)
