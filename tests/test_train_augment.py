@@ -292,3 +292,40 @@ def test_tissue_augmentation_stretches_x_and_y_apart():
         ys, xs = np.nonzero(lab)
         ratios.append((np.ptp(ys) + 1) / (np.ptp(xs) + 1))
     assert max(max(ratios), 1 / min(ratios)) > 1.15
+
+
+def test_tissue_render_paints_red_cells_off_the_nuclei_and_leaves_the_label():
+    """``red_cells``: red discs (red well above green and blue) appear off the nuclei, the
+    label is untouched, and the rest of the rendering is the one without them (the extra
+    numbers are drawn after all others)."""
+    from competition.train.augment import TissueRender
+
+    image, label = draw((96, 96), seed=2)
+    inner = (label > 0) & (np.abs(np.diff(label, axis=0, prepend=0)) == 0)
+    reddest = []
+    for seed in range(6):
+        plain, _ = augment(A.Compose([TissueRender(p=1.0)]), image, [label], np.random.default_rng(seed))
+        red, (lab,) = augment(A.Compose([TissueRender(red_cells=1.0, p=1.0)]), image, [label],
+                              np.random.default_rng(seed))
+        assert np.array_equal(lab, label)
+        px, ref = red.astype(float), plain.astype(float)
+        assert np.abs(px[inner] - ref[inner]).max() <= 2, "nuclei stay as they were"
+        redness = px[..., 0] - np.maximum(px[..., 1], px[..., 2])
+        reddest.append(redness[label == 0].max() - (ref[..., 0] - np.maximum(ref[..., 1], ref[..., 2])).max())
+    assert min(reddest) > 40, f"every crop gets clearly red cells: {reddest}"
+
+
+def test_red_cells_only_where_there_are_no_nuclei():
+    from competition.train.augment import red_cell_density
+
+    rng = np.random.default_rng(0)
+    assert not red_cell_density(rng, np.ones((64, 64), np.float32), 8).any(), "no room: no cells"
+    density = red_cell_density(rng, np.zeros((64, 64), np.float32), 8)
+    assert density.dtype == np.float32 and density.max() > 0.4
+
+
+def test_tissue_render_refuses_a_red_cell_probability_outside_0_1():
+    from competition.train.augment import TissueRender
+
+    with pytest.raises(ValueError, match="red_cells"):
+        TissueRender(red_cells=1.5)

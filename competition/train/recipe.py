@@ -55,7 +55,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 ON_MISSING_WEIGHTS = ("fail", "random")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cyclic", "onecycle", "cosine", "constant")
-AUGMENTS = ("none", "light", "strong", "invariant", "tissue")
+AUGMENTS = ("none", "light", "strong", "invariant", "tissue", "tissue-red")
 SOFT_LOSSES = ("dice", "jaccard", "none")
 SAMPLINGS = ("uniform", "balanced", "sqrt")
 INVERT_CHOICES = (True, False, "auto")
@@ -115,7 +115,7 @@ class Member:
             ``"cosine"`` or ``"constant"``; stepped once per batch.
         freeze_encoder_epochs: encoder frozen for the first N epochs.
         loss: see :class:`LossConfig`.
-        augment: ``"none"``, ``"light"`` or ``"strong"``.
+        augment: a strength of :data:`competition.train.augment.PIPELINES` (:data:`AUGMENTS`).
         fold: validation fold (images of this fold are held out).
         seed: seeds weights init, crop sampling and augmentation.
         init_from: ``"all/<name>"``: start from that member's ``best.pt``.
