@@ -168,9 +168,8 @@ class TissueRender(A.ImageOnlyTransform):
     With probability ``red_cells`` the crop also gets red blood cells, painted off the
     nuclei as dense discs without haematoxylin that absorb green and blue (red, not eosin's
     pink), some in clumps, some with a pale centre, and left as background in the label:
-    the red cells of H&E tissue are what our networks most often take for nuclei on the
-    stained test images. At 0 (the default) no extra number is drawn, so crops are those of
-    the transform without them.
+    red cells are the classic false positive of H&E tissue, and training shows none. At 0
+    (the default) no extra number is drawn, so crops are those of the transform without them.
 
     Shapes: image H×W×3 uint8 -> H×W×3 uint8.
     """
