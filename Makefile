@@ -43,6 +43,10 @@ SIZING = $(if $(SURVEY),--survey-factors $(SURVEY)) $(RESIZING)
 MEMBER ?=
 FOLD ?= 0
 FOLDS_BY ?= conditions
+# The folds file that folds writes and train-all, train-one and tune read (a second one,
+# e.g. FOLDS=build/folds-random.csv FOLDS_BY=random, gives a pilot's random-fold score;
+# holdout always reads build/folds.csv).
+FOLDS ?= $(BUILD)/folds.csv
 HOLDOUT := $(BUILD)/holdout-f$(FOLD)
 # Written by `make holdout` (per image: type, out-of-sample score, distance to the training
 # conditions); read by `make submit` for the submission's expected_score.
@@ -86,8 +90,8 @@ data: $(SETUP)  ## download and unpack the competition into DATA_DIR (needs Kagg
 types: $(SETUP)  ## classify DATA_DIR/stage1_train into image types, with contact sheets
 	$(PYTHON) -m competition types $(DATA_DIR)/stage1_train --out $(BUILD)/types/stage1_train.csv --sheets $(BUILD)/types/sheets
 
-folds: $(SETUP)  ## write the folds file once (build/folds.csv): whole imaging conditions per fold (FOLDS_BY=random: the old random folds)
-	$(PYTHON) -m competition folds $(DATA_DIR)/stage1_train --out $(BUILD)/folds.csv --by $(FOLDS_BY)
+folds: $(SETUP)  ## write the folds file FOLDS once (build/folds.csv): whole imaging conditions per fold (FOLDS_BY=random: the old random folds)
+	$(PYTHON) -m competition folds $(DATA_DIR)/stage1_train --out $(FOLDS) --by $(FOLDS_BY)
 
 synth: $(SETUP)  ## generate the synthetic Kaggle-layout dataset into build/synth
 	$(PYTHON) -m competition synth $(BUILD)/synth --overwrite
@@ -104,14 +108,14 @@ leaderboard: $(SETUP)  ## print the local leaderboard history, best first
 	$(PYTHON) -m competition leaderboard
 
 train-all: $(SETUP)  ## train every unfinished member of RECIPE on DATA_DIR (resumes; GPUS=N for DDP)
-	$(LAUNCH) train-all --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(BUILD)/folds.csv $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
+	$(LAUNCH) train-all --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
 
 train-one: $(SETUP)  ## train one member: make train-one MEMBER=type/name RECIPE=...
 	@test -n "$(MEMBER)" || { echo "usage: make train-one MEMBER=TYPE/NAME [RECIPE=$(RECIPE)]"; exit 2; }
-	$(LAUNCH) train-one --recipe $(RECIPE) --member $(MEMBER) --data $(DATA_DIR) --models $(MODELS) --folds $(BUILD)/folds.csv
+	$(LAUNCH) train-one --recipe $(RECIPE) --member $(MEMBER) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS)
 
 tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE (cross-fitted over conditions)
-	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(BUILD)/folds.csv
+	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS)
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) \
