@@ -222,7 +222,8 @@ class TissueRender(A.ImageOnlyTransform):
 
 
 def red_cell_density(rng: np.random.Generator, nuclei: np.ndarray, n: int) -> np.ndarray:
-    """Eosin optical density of ``n`` red blood cells placed off the nuclei.
+    """Optical density of ``n`` red blood cells placed off the nuclei (times the red-cell stain
+    vector of :class:`TissueRender`).
 
     Each cell is an ellipse of 4-12 px mean radius (the training crops' nuclei are about
     28 px across, ±60%), axis ratio up to 1.3, density 0.5-1.3 with a soft edge and, for
