@@ -55,7 +55,6 @@ PRECISIONS = ("auto", "bf16", "fp32")
 ON_MISSING_WEIGHTS = ("fail", "random")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cyclic", "onecycle", "cosine", "constant")
-AUGMENTS = ("none", "light", "strong", "invariant", "tissue", "tissue-red")
 SOFT_LOSSES = ("dice", "jaccard", "none")
 SAMPLINGS = ("uniform", "balanced", "sqrt")
 INVERT_CHOICES = (True, False, "auto")
@@ -115,7 +114,8 @@ class Member:
             ``"cosine"`` or ``"constant"``; stepped once per batch.
         freeze_encoder_epochs: encoder frozen for the first N epochs.
         loss: see :class:`LossConfig`.
-        augment: a strength of :data:`competition.train.augment.PIPELINES` (:data:`AUGMENTS`).
+        augment: a strength of :data:`competition.train.augment.PIPELINES` (its keys are the
+            valid names).
         fold: validation fold (images of this fold are held out).
         seed: seeds weights init, crop sampling and augmentation.
         init_from: ``"all/<name>"``: start from that member's ``best.pt``.
@@ -352,7 +352,9 @@ def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
     _choice(m.on_missing_weights, ON_MISSING_WEIGHTS, f"{where}.on_missing_weights")
     _choice(m.optimizer, OPTIMIZERS, f"{where}.optimizer")
     _choice(m.schedule, SCHEDULES, f"{where}.schedule")
-    _choice(m.augment, AUGMENTS, f"{where}.augment")
+    from competition.train.augment import PIPELINES  # the one table of strengths
+
+    _choice(m.augment, tuple(PIPELINES), f"{where}.augment")
     _choice(m.sampling, SAMPLINGS, f"{where}.sampling")
     _choice(m.invert, INVERT_CHOICES, f"{where}.invert")
     _choice(m.input_norm, INPUT_NORMS, f"{where}.input_norm")
