@@ -236,7 +236,6 @@ def red_cell_density(rng: np.random.Generator, nuclei: np.ndarray, n: int) -> np
     """
     h, w = nuclei.shape
     out = np.zeros((h, w), np.float32)
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
     prev = None
     for _ in range(n):
         radius = rng.uniform(4.0, 12.0)
@@ -255,12 +254,19 @@ def red_cell_density(rng: np.random.Generator, nuclei: np.ndarray, n: int) -> np
                 break
         else:
             continue
-        dy, dx = yy - cy, xx - cx
-        u = (dy * np.cos(angle) + dx * np.sin(angle)) / (radius * np.sqrt(ratio))
-        v = (-dy * np.sin(angle) + dx * np.cos(angle)) * np.sqrt(ratio) / radius
-        r2 = u * u + v * v
-        disc = np.clip((1.0 - np.sqrt(r2)) / 0.15, 0, 1)  # soft edge, about 15% of the radius
-        out += density * disc * (1.0 - pallor * np.exp(-r2 / 0.18))
+        # the cell lies within its long semi-axis, radius * sqrt(ratio), of its centre
+        # (a clumped cell's centre may lie off the crop: then only its part inside is drawn)
+        reach = int(np.ceil(radius * np.sqrt(ratio))) + 1
+        y0, y1 = max(0, int(np.floor(cy)) - reach), min(h, int(np.floor(cy)) + reach + 1)
+        x0, x1 = max(0, int(np.floor(cx)) - reach), min(w, int(np.floor(cx)) + reach + 1)
+        if y0 < y1 and x0 < x1:
+            yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+            dy, dx = yy - cy, xx - cx
+            u = (dy * np.cos(angle) + dx * np.sin(angle)) / (radius * np.sqrt(ratio))
+            v = (-dy * np.sin(angle) + dx * np.cos(angle)) * np.sqrt(ratio) / radius
+            r2 = u * u + v * v
+            disc = np.clip((1.0 - np.sqrt(r2)) / 0.15, 0, 1)  # soft edge, about 15% of the radius
+            out[y0:y1, x0:x1] += density * disc * (1.0 - pallor * np.exp(-r2 / 0.18))
         prev = (cy, cx)
     return out
 
