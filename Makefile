@@ -15,6 +15,10 @@ BUILD ?= build
 MODELS ?= models
 TTA ?= flips
 SIZE_PASSES ?= 2
+# Colour views `make tune` tries per image type (gray, gbr, brg: the grey level and the
+# channels rotated); it keeps them where averaging their probabilities with the image's
+# scores better, cross-fitted over conditions (empty: none).
+COLOUR_VIEWS ?= gray gbr brg
 # What runs the network: auto (the fastest installed on the CPU, torch on CUDA), torch,
 # onnxruntime or openvino.
 ENGINE ?= auto
@@ -115,7 +119,7 @@ train-one: $(SETUP)  ## train one member: make train-one MEMBER=type/name RECIPE
 	$(LAUNCH) train-one --recipe $(RECIPE) --member $(MEMBER) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS)
 
 tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE (cross-fitted over conditions)
-	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS)
+	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)"
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) \
@@ -134,7 +138,7 @@ report: $(SETUP)  ## HTML report of SUB (with SOLUTION: true contours and scores
 demo: $(SETUP)  ## the whole pipeline on generated data: synth, train, tune, submit, score, leaderboard
 	$(PYTHON) -m competition synth $(DEMO)/data --overwrite
 	$(PYTHON) -m competition train-all --recipe $(DEMO_RECIPE) --data $(DEMO)/data --models $(DEMO)/models --folds $(DEMO)/folds.csv --cache-dir ''
-	$(PYTHON) -m competition tune --recipe $(DEMO_RECIPE) --models $(DEMO)/models --data $(DEMO)/data
+	$(PYTHON) -m competition tune --recipe $(DEMO_RECIPE) --models $(DEMO)/models --data $(DEMO)/data --colour-views "$(COLOUR_VIEWS)"
 	$(PYTHON) -m competition submit --recipe $(DEMO_RECIPE) --data $(DEMO)/data --models $(DEMO)/models --out-dir $(DEMO)/submissions \
 		--tta flips --solution $(DEMO)/data/stage1_solution.csv
 	$(PYTHON) -m competition report $$(ls -t $(DEMO)/submissions/$(DEMO_RECIPE)-*.csv | head -1) --data $(DEMO)/data/stage1_test \

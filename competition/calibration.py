@@ -56,12 +56,18 @@ def _default_sizing() -> dict[str, Any]:
 def calibration_key(record: Mapping[str, Any]) -> dict[str, Any]:
     """What must match between a holdout run and a submission for the holdout to speak for
     it: the members (with weights), the tuning records' source, TTA, size passes, survey
-    factors and resizing (the engine is left out: engines agree within their tolerance)."""
+    factors, resizing and colour views (the engine is left out: engines agree within their
+    tolerance). Colour views enter the key only where some type has them, so a calibration
+    written before they existed still speaks for a submission without them."""
     sizing = {**_default_sizing(), **(record.get("sizing") or {})}
     members = {t: [(m["member"], m["weight"]) for m in e.get("members", [])] for t, e in record["ensemble"].items()}
-    return {"members": members, "tta": record["tta"], "size_passes": record["size_passes"],
-            "survey_factors": [float(f) for f in record.get("survey_factors", (1.0, 0.5, 0.25))],
-            "sizing": sizing, "recipe": record["recipe"]}
+    key = {"members": members, "tta": record["tta"], "size_passes": record["size_passes"],
+           "survey_factors": [float(f) for f in record.get("survey_factors", (1.0, 0.5, 0.25))],
+           "sizing": sizing, "recipe": record["recipe"]}
+    views = {t: list(e["colour_views"]) for t, e in record["ensemble"].items() if e.get("colour_views")}
+    if views:
+        key["colour_views"] = views
+    return key
 
 
 def _member_folds(ensemble):
@@ -144,7 +150,7 @@ def expected_for(path: Path, key: Mapping[str, Any], pred, distances: Mapping[st
     if isinstance(stored, dict) and "sizing" not in stored:
         stored = {**stored, "sizing": _default_sizing()}
     if stored != json.loads(json.dumps(key)):
-        note = (f"{path} was made with other members, TTA, size passes or resizing than this submission: "
+        note = (f"{path} was made with other members, TTA, size passes, resizing or colour views than this submission: "
                 "rerun `make holdout` with the same settings")
         log.warning("%s", note)
         return {"score": None, "note": note}

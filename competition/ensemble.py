@@ -9,13 +9,16 @@ post-processing per type.
         "all":          {"members": [{"member": "all/r18", "weight": 1.0}],
                          "postprocess": {...} | null, "tuning": {...} | null},
         "fluorescence": {"members": [{"member": "fluorescence/r18-ft", "weight": 1.0}], ...},
-        "histology":    {...},
+        "histology":    {"members": [], "postprocess": {...}, "tuning": {...},
+                         "colour_views": ["gray", "gbr", "brg"]},
         "brightfield":  {"members": [], "postprocess": {...}, ...}
       }
     }
 
 ``member`` is the member folder relative to ``models/<recipe>/``. An image type with no
-member falls back to the ``all`` members. ``postprocess`` holds the
+member falls back to the ``all`` members. ``colour_views`` (optional, image types only; chosen
+by tuning): the members' probabilities of that type's images are averaged over the image and
+these colour views of it (:data:`competition.predict.preprocess.COLOUR_VIEWS`). ``postprocess`` holds the
 :class:`~competition.postprocess.PostprocessParams` tuned for that image type (by
 ``python -m competition tune``); ``tuning`` records how (scores before and after, images,
 members). The file is built from the finished member folders when it is absent
@@ -59,7 +62,7 @@ ENSEMBLE_FILE = "ensemble.json"
 ENTRY_NAMES = ("all", "fluorescence", "histology", "brightfield")
 IMAGE_TYPES = ENTRY_NAMES[1:]
 _TOP_KEYS = ("recipe", "types", "comment")
-_ENTRY_KEYS = ("members", "postprocess", "tuning")
+_ENTRY_KEYS = ("members", "postprocess", "tuning", "colour_views")
 _MEMBER_KEYS = ("member", "weight")
 
 
@@ -79,20 +82,27 @@ class TypeEntry:
         members: the members averaged for this type (empty: fall back to ``all``).
         postprocess: tuned :class:`~competition.postprocess.PostprocessParams` as a dict, or
             None (not tuned).
-        tuning: what tuning recorded (scores before/after, number of images, members), or
+        tuning: what tuning recorded (scores before and after, number of images, members), or
             None.
+        colour_views: colour views (:data:`~competition.predict.preprocess.COLOUR_VIEWS`)
+            whose probabilities are averaged with the image's for images of this type; empty:
+            none (the file then has no ``colour_views`` key).
     """
 
     members: tuple[MemberRef, ...] = ()
     postprocess: dict | None = None
     tuning: dict | None = None
+    colour_views: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "members": [{"member": m.key, "weight": m.weight} for m in self.members],
             "postprocess": self.postprocess,
             "tuning": self.tuning,
         }
+        if self.colour_views:
+            out["colour_views"] = list(self.colour_views)
+        return out
 
 
 @dataclass(frozen=True)
@@ -178,10 +188,19 @@ class Ensemble:
                 return PostprocessParams.from_dict(entry.postprocess), f"tuned {name}"
         return PostprocessParams(), "default"
 
-    def with_tuning(self, entry: str, params: Mapping[str, Any], tuning: Mapping[str, Any]) -> Ensemble:
-        """A copy with ``entry``'s post-processing parameters and tuning record replaced."""
+    def colour_views(self, image_type: str) -> tuple[str, ...]:
+        """The colour views averaged for images of ``image_type`` (empty: none)."""
+        entry = self.entries.get(image_type)
+        return entry.colour_views if entry is not None else ()
+
+    def with_tuning(self, entry: str, params: Mapping[str, Any], tuning: Mapping[str, Any],
+                    colour_views: tuple[str, ...] | None = None) -> Ensemble:
+        """A copy with ``entry``'s post-processing parameters and tuning record replaced (and
+        its colour views, when given)."""
         entries = dict(self.entries)
-        entries[entry] = dataclasses.replace(entries[entry], postprocess=dict(params), tuning=dict(tuning))
+        views = entries[entry].colour_views if colour_views is None else tuple(colour_views)
+        entries[entry] = dataclasses.replace(entries[entry], postprocess=dict(params), tuning=dict(tuning),
+                                             colour_views=views)
         return dataclasses.replace(self, entries=entries)
 
     def without_members(self, entry: str) -> Ensemble:
@@ -209,7 +228,9 @@ class Ensemble:
             else:
                 used = "no member"
             source = self.params_for(name)[1] if name != "all" else ("tuned" if self.entries[name].postprocess else "default")
-            lines.append(f"{name:<13} {used}; post-processing {source}")
+            views = self.entries[name].colour_views
+            extra = f"; colour views {', '.join(views)}" if views else ""
+            lines.append(f"{name:<13} {used}; post-processing {source}{extra}")
         return lines
 
 
@@ -297,7 +318,7 @@ def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble") -> E
 
     Raises:
         UserError: unknown keys, an unknown type, a weight that is not a positive number, a
-            duplicate member, invalid post-processing parameters, a member folder without
+            duplicate member, invalid post-processing parameters, invalid colour views, a member folder without
             ``config.json``/``best.pt``, or an image type with neither members nor an ``all``
             fallback. The message names the file and the entry.
     """
@@ -346,7 +367,18 @@ def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble") -> E
         tuning = table.get("tuning")
         if tuning is not None and not isinstance(tuning, dict):
             raise UserError(f"{ewhere}.tuning: expected an object or null")
-        entries[name] = TypeEntry(tuple(members), post, tuning)
+        views: tuple[str, ...] = ()
+        if "colour_views" in table:
+            from competition.predict.preprocess import check_colour_views
+
+            if name == "all":
+                raise UserError(f"{ewhere}.colour_views: colour views belong to an image type "
+                                f"({', '.join(IMAGE_TYPES)}), not to 'all'")
+            try:
+                views = check_colour_views(table["colour_views"], f"{ewhere}.colour_views")
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        entries[name] = TypeEntry(tuple(members), post, tuning, views)
     recipe = data.get("recipe", root.name)
     if not isinstance(recipe, str):
         raise UserError(f"{where}: recipe must be a string")

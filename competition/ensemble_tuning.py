@@ -4,13 +4,16 @@ cross-fitted over whole imaging conditions when the folds name them.
 :func:`tune_ensemble` writes the tuned parameters and a record of the tuning into the
 ensemble file (:mod:`competition.ensemble`); :func:`crossfit_postprocess` gives the
 out-of-sample score (each part of whole conditions scored with parameters tuned on the
-others) that ``make holdout`` then reproduces on the submit path.
+others) that ``make holdout`` then reproduces on the submit path. Given candidate colour
+views, each image type's maps are also averaged with those of colour views of its images
+(:func:`colour_view_oof`), and the views are kept where that scores better (cross-fitted
+when conditions are given).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from competition.oof import OOFSet, collect_oof, training_split_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TypeTuning", "tune_ensemble", "condition_parts", "crossfit_postprocess"]
+__all__ = ["TypeTuning", "tune_ensemble", "condition_parts", "crossfit_postprocess", "colour_view_oof"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class TypeTuning:
             ``kept`` (``own`` or ``all``).
         crossfit: the out-of-sample record of :func:`crossfit_postprocess`, when conditions
             were given.
+        views: when candidate colour views were tried: ``candidates``, ``n_colour_images``,
+            ``plain_score`` and ``views_score`` (tuned), with conditions ``plain_crossfit``
+            and ``views_crossfit``, ``by`` and ``kept`` (the views kept; empty: none); the
+            tuning record's ``colour_views``.
     """
 
     entry: str
@@ -54,6 +61,7 @@ class TypeTuning:
     note: str = ""
     choice: dict | None = None
     crossfit: dict | None = None
+    views: dict | None = None
 
 
 def tune_ensemble(
@@ -66,6 +74,9 @@ def tune_ensemble(
     write: bool = True,
     conditions: Mapping[str, str] | None = None,
     n_parts: int = 3,
+    colour_views: Sequence[str] = (),
+    device: str = "auto",
+    loader=None,
 ) -> tuple[Ensemble, list[TypeTuning]]:
     """Tune the post-processing of every image type on its members' out-of-fold maps.
 
@@ -89,6 +100,16 @@ def tune_ensemble(
             given, every entry is also cross-fitted (:func:`crossfit_postprocess`), and its
             out-of-sample score and per-part parameters go into the tuning record.
         n_parts: parts of whole conditions for the cross-fitting.
+        colour_views: candidate colour views
+            (:data:`~competition.predict.preprocess.COLOUR_VIEWS`): for every image type,
+            once its members are chosen, its maps averaged with those of these views
+            (:func:`colour_view_oof`) are tuned too, and the views are kept (the entry's
+            ``colour_views``) when that scores higher: cross-fitted when ``conditions`` are
+            given, else tuned in sample. Empty: no views, and a tuned type's colour views are
+            cleared (its parameters are tuned on maps without them).
+        device, loader: where and how the members are loaded to predict the colour views
+            (``loader``: ``folder, device -> (model, config)``, default
+            :func:`competition.train.members.load_member`).
 
     Returns:
         (the updated ensemble, one :class:`TypeTuning` per entry tuned or skipped).
@@ -98,6 +119,13 @@ def tune_ensemble(
     from competition.tuning import DEFAULT_GRID, tune_postprocess
 
     grid = DEFAULT_GRID if grid is None else grid
+    if colour_views:
+        from competition.predict.preprocess import check_colour_views
+
+        try:
+            colour_views = check_colour_views(list(colour_views), "colour views")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     wanted = list(entries) if entries is not None else list(ENTRY_NAMES)
     unknown = [e for e in wanted if e not in ENTRY_NAMES]
     if unknown:
@@ -118,6 +146,7 @@ def tune_ensemble(
             fallbacks[name] = collect_oof(ensemble, "all", image_type)
     needed = sorted({i for oof in [*oofs.values(), *fallbacks.values()] for i in oof.probs})
     labels: dict[str, Any] = {}
+    images: dict[str, Any] = {}
     if needed:
         split = training_split_dir(ensemble, data_dir)
         log.info("reading %d true labels from %s", len(needed), split)
@@ -126,6 +155,8 @@ def tune_ensemble(
         except DataError as exc:
             raise DataError(f"{exc} (the out-of-fold images must come from this split: pass --data DATA_DIR)") from None
         labels = {s.image_id: s.label for s in loaded}
+        if colour_views:
+            images = {s.image_id: s.image for s in loaded}
     outcomes: list[TypeTuning] = []
     base = PostprocessParams()  # start from the defaults: re-tuning does not drift
     for name, source, image_type in plans:
@@ -180,21 +211,51 @@ def tune_ensemble(
         elif alternative is not None and alternative.probs:
             log.warning("%s: the all-type members hold other out-of-fold images than %s's own; "
                         "not compared", name, name)
+        side = record.get("choice", {}).get("kept", "own")
+        chosen = alternative if side == "all" else oof
         if conditions is not None:
-            side = record.get("choice", {}).get("kept", "own")
-            chosen = alternative if side == "all" else oof
             record["crossfit"] = crossfits.get(side) or crossfit_postprocess(
                 _samples_by_id(chosen, labels), conditions, grid, base, n_rounds=n_rounds,
                 channels=chosen.channels, n_parts=n_parts)
+        kept_views: tuple[str, ...] | None = None if name == "all" else ()
+        if colour_views and name != "all":
+            viewed, n_colour = colour_view_oof(ensemble, "all" if side == "all" else source, chosen, images, labels,
+                                               colour_views, device=device, loader=loader)
+            views_record: dict[str, Any] = {"candidates": list(colour_views), "n_colour_images": n_colour}
+            if n_colour:
+                log.info("tuning %s with colour views %s (%d of %d images in colour)", name,
+                         ",".join(colour_views), n_colour, len(chosen.probs))
+                vresult = tune_postprocess(_samples(viewed, labels), grid, base, n_rounds=n_rounds,
+                                           channels=viewed.channels)
+                views_record.update(plain_score=round(result.score_after, 6), views_score=round(vresult.score_after, 6),
+                                    by="tuned")
+                plain_key, views_key = result.score_after, vresult.score_after
+                vcross = None
+                if conditions is not None:
+                    vcross = crossfit_postprocess(_samples_by_id(viewed, labels), conditions, grid, base,
+                                                  n_rounds=n_rounds, channels=viewed.channels, n_parts=n_parts)
+                    if vcross["score"] is not None and record["crossfit"]["score"] is not None:
+                        plain_key, views_key = record["crossfit"]["score"], vcross["score"]
+                        views_record.update(plain_crossfit=plain_key, views_crossfit=views_key, by="crossfit")
+                if views_key > plain_key:
+                    kept_views, result = tuple(colour_views), vresult
+                    record.update(score_before=round(vresult.score_before, 6), score_after=round(vresult.score_after, 6))
+                    if vcross is not None:
+                        record["crossfit"] = vcross
+            else:
+                views_record["note"] = "every image is grey: the colour views equal it"
+            views_record["kept"] = list(kept_views or ())
+            record["colour_views"] = views_record
         params = result.params
         if result.score_after <= result.score_before:
             params = base  # nothing gained: do not move the parameters on a tie
             record["note"] = "; ".join(filter(None, [record.get("note"), "no gain over the defaults on these images: defaults kept"]))
-        ensemble = ensemble.with_tuning(name, params.to_dict(), record)
+        ensemble = ensemble.with_tuning(name, params.to_dict(), record, colour_views=kept_views)
         if write:
             write_ensemble(ensemble)
         outcomes.append(TypeTuning(name, image_type, members, result.n_images, result, params.to_dict(),
-                                   record.get("note", ""), record.get("choice"), record.get("crossfit")))
+                                   record.get("note", ""), record.get("choice"), record.get("crossfit"),
+                                   record.get("colour_views")))
     return ensemble, outcomes
 
 
@@ -250,6 +311,73 @@ def crossfit_postprocess(samples: Mapping[str, tuple[Any, Any]], conditions: Map
         pairs.extend(scored)
     return {"score": round(float(score_images(pairs).score), 6), "n_parts": k, "part_scores": part_scores,
             "params": params_out, "parts": parts}
+
+
+def colour_view_oof(ensemble: Ensemble, entry: str, oof: OOFSet, images: Mapping[str, Any],
+                    labels: Mapping[str, Any], views: Sequence[str], *, device: str = "auto",
+                    loader=None) -> tuple[OOFSet, int]:
+    """``oof`` with each colour image's map averaged with the maps of its colour views.
+
+    Each view goes through the path training's out-of-fold maps came from
+    (:func:`~competition.predict.members.predict_scaled`, no TTA, at the true nucleus
+    size) with every member of ``entry`` whose ``oof.npz`` holds the image (weighted mean);
+    the image's map becomes the mean of its own map and its views' maps, as
+    :meth:`~competition.predict.EnsemblePredictor.predict` averages them. Grey images keep
+    their map (every view of them is the image).
+
+    Args:
+        images, labels: ImageId -> image H×W×3 uint8 and true label H×W (for the nucleus
+            size).
+        views: colour view names.
+
+    Returns:
+        (the new set, number of colour images).
+    """
+    import numpy as np
+
+    from competition.predict.forward import resolve_device
+    from competition.predict.members import LoadedMember, predict_scaled
+    from competition.predict.preprocess import colour_view, is_gray
+    from competition.scale import label_scale
+
+    colour = [i for i in oof.probs if not is_gray(images[i])]
+    if not colour or not views:
+        return oof, 0
+    if loader is None:
+        from competition.train.members import load_member as loader
+    device = resolve_device(device)
+    sums: dict[str, Any] = {}
+    weights: dict[str, float] = {}
+    for ref in ensemble.members_of(entry):
+        folder = ensemble.member_folder(ref.key)
+        holds = _oof_ids(folder)
+        held = [i for i in colour if i in holds]
+        if not held:
+            continue
+        model, config = loader(folder, device)
+        model.eval()
+        member = LoadedMember(ref.key, Path(folder), model, config)
+        for i in held:
+            scale = label_scale(labels[i], member.nucleus_diameter) if member.nucleus_diameter else 1.0
+            maps = [predict_scaled(member, colour_view(images[i], v), scale, tta="none", device=device) for v in views]
+            mean = np.mean(maps, axis=0, dtype=np.float32)
+            sums[i] = sums.get(i, 0) + mean * np.float32(ref.weight)
+            weights[i] = weights.get(i, 0.0) + ref.weight
+    probs = dict(oof.probs)
+    for i, total in sums.items():
+        probs[i] = ((oof.probs[i] + total * np.float32(len(views) / weights[i])) / np.float32(1 + len(views))).astype(np.float32)
+    return OOFSet(probs, oof.channels, dict(oof.members), dict(oof.n_views)), len(sums)
+
+
+def _oof_ids(folder: Path) -> set[str]:
+    """The image ids a member's ``oof.npz`` holds (empty when it has none)."""
+    import numpy as np
+
+    try:
+        with np.load(Path(folder) / "oof.npz", allow_pickle=False) as z:
+            return {str(i) for i in z["ids"]}
+    except (OSError, KeyError, ValueError):
+        return set()
 
 
 def _samples_by_id(oof: OOFSet, labels: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the scores, do not write the ensemble file")
     parser.add_argument("--folds", type=Path, default=None,
                         help="condition-out folds CSV: also cross-fit the tuning over whole conditions (out-of-sample score)")
+    parser.add_argument("--colour-views", default="",
+                        help="candidate colour views for test-time augmentation, comma- or space-separated "
+                             "(gray, gbr, brg): kept per image type where averaging them scores better "
+                             "(cross-fitted with --folds); empty: none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from competition.ensemble import load_ensemble
     from competition.ensemble_tuning import tune_ensemble
 
+    from competition.errors import UserError
+    from competition.predict.preprocess import check_colour_views
+
+    views = args.colour_views.replace(",", " ").split()
+    try:
+        check_colour_views(views, "--colour-views")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     started = time.perf_counter()
     ensemble = load_ensemble(args.models, args.recipe)
     for line in ensemble.describe():
@@ -44,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.folds} has no condition column (random folds): not cross-fitted")
     ensemble, outcomes = tune_ensemble(
         ensemble, data_dir=args.data, n_rounds=args.rounds, entries=args.types, write=not args.dry_run,
-        conditions=conditions,
+        conditions=conditions, colour_views=views,
     )
     for t in outcomes:
         if t.result is None:
@@ -63,6 +75,16 @@ def run(args: argparse.Namespace) -> int:
                   if t.choice.get("by") == "crossfit" else "")
             print(f"{'':<13} own members {t.choice['own_score']:.4f} vs all-type model {t.choice['all_score']:.4f} "
                   f"tuned{by}: kept {t.choice['kept']} (by the {t.choice.get('by', 'tuned')} scores)")
+        if t.views:
+            v = t.views
+            if v.get("n_colour_images"):
+                by = (f"; cross-fitted {v['views_crossfit']:.4f} vs {v['plain_crossfit']:.4f}"
+                      if v.get("by") == "crossfit" else "")
+                kept = ", ".join(v["kept"]) or "none"
+                print(f"{'':<13} colour views {', '.join(v['candidates'])} on {v['n_colour_images']} colour image(s): "
+                      f"tuned {v['views_score']:.4f} vs {v['plain_score']:.4f} without{by}: kept {kept}")
+            else:
+                print(f"{'':<13} colour views: {v.get('note', 'no colour image')}")
     where = "not written (--dry-run)" if args.dry_run else f"written to {ensemble.path}"
     print(f"tuned parameters {where} in {time.perf_counter() - started:.0f} s")
     return 0

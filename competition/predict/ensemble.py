@@ -24,6 +24,7 @@ import torch
 from competition.errors import UserError
 from competition.predict.forward import NetworkTimer, Tiling, resolve_device, tta_transforms
 from competition.predict.members import LoadedMember, predict_scaled
+from competition.predict.preprocess import colour_view, is_gray
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ class Route:
             at a fixed ``nucleus_diameter``), None when no member needed it or the first
             pass found no nucleus.
         scales: member key -> the resize factor that member saw (1 = native).
+        colour_views: the colour views averaged with the image (the type's ``colour_views``;
+            empty when it has none or the image is grey, where every view is the image).
     """
 
     image_type: str
@@ -107,6 +110,7 @@ class Route:
     fallback: bool
     diameter: float | None = None
     scales: tuple[tuple[str, float], ...] = ()
+    colour_views: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -118,6 +122,8 @@ class Route:
         if self.scales:
             out["nucleus_diameter_estimate"] = None if self.diameter is None else round(self.diameter, 2)
             out["scales"] = {k: round(v, 4) for k, v in self.scales}
+        if self.colour_views:
+            out["colour_views"] = list(self.colour_views)
         return out
 
 
@@ -323,6 +329,11 @@ class EnsemblePredictor:
     def predict(self, image: np.ndarray, route: Route | None = None) -> tuple[np.ndarray, Route]:
         """Weighted mean of the routed members' probabilities.
 
+        When the image's type has colour views (the ensemble entry's ``colour_views``) and
+        the image is not grey, the result is the mean over the image and those views of it,
+        each through the same final pass (same resize factors, TTA and tiles); the nucleus
+        size is estimated on the image alone.
+
         Returns:
             (probs C×H×W float32, the route taken).
 
@@ -337,6 +348,21 @@ class EnsemblePredictor:
         if any(targets.values()):
             route, kept = self._estimate_scales(image, route, targets)
         scales = dict(route.scales) or {key: 1.0 for key, _ in route.members}
+        out = self._final_pass(image, route, scales, kept, total)
+        views = self.ensemble.colour_views(route.image_type)
+        if views and not is_gray(image):
+            for name in views:
+                out += self._final_pass(colour_view(image, name), route, scales, {}, total)
+            out /= np.float32(1 + len(views))
+            route = dataclasses.replace(route, colour_views=tuple(views))
+        self.timings.predict += time.perf_counter() - t0
+        self.timings.n_images += 1
+        return out, route
+
+    def _final_pass(self, image: np.ndarray, route: Route, scales: dict[str, float], kept: dict[str, np.ndarray],
+                    total: float) -> np.ndarray:
+        """The routed members' weighted mean at ``scales`` with TTA (``kept``: identity views
+        the last size pass already computed at those scales)."""
         transforms = tta_transforms(self.tta)
         out: np.ndarray | None = None
         for key, weight in route.members:
@@ -360,10 +386,8 @@ class EnsemblePredictor:
                 out = probs * (weight / total)
             else:
                 out += probs * (weight / total)
-        self.timings.predict += time.perf_counter() - t0
-        self.timings.n_images += 1
         assert out is not None
-        return out, route
+        return out
 
 
     def _estimate_scales(self, image: np.ndarray, route: Route,

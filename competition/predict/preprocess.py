@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "STRIDE", "LIGHT_BACKGROUND_THRESHOLD",
-           "DEFAULT_MARGIN", "INPUT_NORMS", "STRETCH_PERCENTILES", "is_dark_on_light",
-           "stretch", "to_gray", "equalise_input", "input_norm_of", "normalise", "invert_for", "margin_of",
+           "DEFAULT_MARGIN", "INPUT_NORMS", "STRETCH_PERCENTILES", "COLOUR_VIEWS", "is_dark_on_light",
+           "stretch", "to_gray", "is_gray", "colour_view", "check_colour_views", "equalise_input", "input_norm_of", "normalise", "invert_for", "margin_of",
            "pad_for_network"]
 
 #: ImageNet statistics (never ask smp: ``get_preprocessing_params`` downloads).
@@ -34,6 +34,11 @@ INPUT_NORMS = ("imagenet", "stretch", "gray")
 #: The grey levels mapped to 0 and 255 by the stretch (symmetric, so stretching commutes
 #: with the dark-on-light inversion).
 STRETCH_PERCENTILES = (0.5, 99.5)
+#: Colour views of an image for colour test-time augmentation (an ensemble entry's
+#: ``colour_views``): ``gray`` (:func:`to_gray`), ``gbr`` and ``brg`` (the channels rotated
+#: RGB -> GBR and RGB -> BRG). Each keeps the channel mean, so a view is inverted exactly when
+#: the image is.
+COLOUR_VIEWS = ("gray", "gbr", "brg")
 #: The reflection margin of training crops (a member's ``pad``) when a config lacks it.
 DEFAULT_MARGIN = 16
 
@@ -84,6 +89,48 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     """
     grey = np.rint(image.astype(np.float32).mean(axis=2)).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
+
+
+def is_gray(image: np.ndarray) -> bool:
+    """Whether all three channels are equal (every colour view of such an image is the image).
+
+    Shapes: image H×W×3.
+    """
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]))
+
+
+def colour_view(image: np.ndarray, name: str) -> np.ndarray:
+    """One of :data:`COLOUR_VIEWS` of ``image`` (a new contiguous array).
+
+    Shapes: image H×W×3 uint8 -> H×W×3 uint8.
+
+    Raises:
+        ValueError: an unknown view name.
+    """
+    if name == "gray":
+        return to_gray(image)
+    if name == "gbr":
+        return np.ascontiguousarray(image[..., [1, 2, 0]])
+    if name == "brg":
+        return np.ascontiguousarray(image[..., [2, 0, 1]])
+    raise ValueError(f"unknown colour view {name!r}; valid: {', '.join(COLOUR_VIEWS)}")
+
+
+def check_colour_views(views, where: str) -> tuple[str, ...]:
+    """``views`` validated: a list of distinct :data:`COLOUR_VIEWS` names.
+
+    Raises:
+        ValueError: not a list of strings, an unknown name or a repeated one (the message
+            starts with ``where``).
+    """
+    if isinstance(views, str) or not isinstance(views, (list, tuple)) or not all(isinstance(v, str) for v in views):
+        raise ValueError(f"{where}: expected a list of colour view names ({', '.join(COLOUR_VIEWS)}), got {views!r}")
+    unknown = [v for v in views if v not in COLOUR_VIEWS]
+    if unknown:
+        raise ValueError(f"{where}: unknown colour view(s) {unknown}; valid: {', '.join(COLOUR_VIEWS)}")
+    if len(set(views)) != len(views):
+        raise ValueError(f"{where}: a colour view is listed twice: {list(views)}")
+    return tuple(views)
 
 
 def equalise_input(image: np.ndarray, mode: str) -> np.ndarray:
