@@ -32,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
 
     from competition.ensemble import load_ensemble
     from competition.ensemble_tuning import tune_ensemble
-
     from competition.errors import UserError
     from competition.predict.preprocess import check_colour_views
 

@@ -123,7 +123,7 @@ def check_colour_views(views, where: str) -> tuple[str, ...]:
         ValueError: not a list of strings, an unknown name or a repeated one (the message
             starts with ``where``).
     """
-    if isinstance(views, str) or not isinstance(views, (list, tuple)) or not all(isinstance(v, str) for v in views):
+    if not isinstance(views, (list, tuple)) or not all(isinstance(v, str) for v in views):
         raise ValueError(f"{where}: expected a list of colour view names ({', '.join(COLOUR_VIEWS)}), got {views!r}")
     unknown = [v for v in views if v not in COLOUR_VIEWS]
     if unknown:
