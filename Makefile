@@ -51,10 +51,15 @@ FOLDS_BY ?= conditions
 # e.g. FOLDS=build/folds-random.csv FOLDS_BY=random, gives a pilot's random-fold score;
 # holdout always reads build/folds.csv).
 FOLDS ?= $(BUILD)/folds.csv
-HOLDOUT := $(BUILD)/holdout-f$(FOLD)
+# HOLDOUT_SCALE=F: the holdout fold resized by F (every nucleus F times its size), in its own
+# folder and with its own calibration file, to measure unseen magnifications.
+HOLDOUT_SCALE ?= 1
+SCALED := $(filter-out 1 1.0,$(HOLDOUT_SCALE))
+HOLDOUT := $(BUILD)/holdout-f$(FOLD)$(if $(SCALED),-x$(HOLDOUT_SCALE))
 # Written by `make holdout` (per image: type, out-of-sample score, distance to the training
 # conditions); read by `make submit` for the submission's expected_score.
 CALIBRATION ?= $(MODELS)/$(RECIPE)/calibration-f$(FOLD).json
+HOLDOUT_CALIBRATION := $(if $(SCALED),$(HOLDOUT)/calibration.json,$(CALIBRATION))
 DEMO := $(BUILD)/demo
 DEMO_RECIPE ?= demo
 # One GPU or CPU: a plain process; GPUS>1: the same entry point under torchrun (DDP).
@@ -126,10 +131,10 @@ submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate
 		$(if $(SOLUTION),--solution $(SOLUTION),$(if $(wildcard $(CALIBRATION)),--calibration $(CALIBRATION))) $(if $(KAGGLE_SUBMIT),--kaggle)
 
 holdout: $(SETUP)  ## the whole submit pipeline on training fold FOLD (held out by RECIPE's members), scored like the leaderboard
-	test -d $(HOLDOUT)/stage1_test || $(PYTHON) -m competition holdout --data $(DATA_DIR) --folds $(BUILD)/folds.csv --fold $(FOLD) --out $(HOLDOUT)
+	test -d $(HOLDOUT)/stage1_test || $(PYTHON) -m competition holdout --data $(DATA_DIR) --folds $(BUILD)/folds.csv --fold $(FOLD) --out $(HOLDOUT) --scale $(HOLDOUT_SCALE)
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(HOLDOUT) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) \
 		--out-dir $(HOLDOUT)/submissions --solution $(HOLDOUT)/solution.csv --leaderboard $(HOLDOUT)/leaderboard.csv \
-		--crossfit --calibration $(CALIBRATION)
+		--crossfit --calibration $(HOLDOUT_CALIBRATION)
 
 report: $(SETUP)  ## HTML report of SUB (with SOLUTION: true contours and scores)
 	@test -n "$(SUB)" || { echo "usage: make report SUB=submission.csv [SOLUTION=solution.csv]"; exit 2; }

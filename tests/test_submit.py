@@ -694,6 +694,60 @@ def test_holdout_lays_a_training_fold_out_as_a_test_set_and_it_scores(world, tmp
     assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1", "--out", str(out)]) == 2
 
 
+def test_holdout_scaled_resizes_images_and_masks_alike_and_it_scores(world, tmp_path):
+    """`holdout --scale 2`: copies twice the size, every nucleus twice across, the same
+    objects; the submit path predicts and scores it like the plain holdout."""
+    from competition.cli import main
+    from competition.data.io import read_image
+    from competition.scoring import score_submission
+    from competition.solution import read_solution
+
+    ids, folds, plain = lay_out_holdout(world, tmp_path)
+    out = tmp_path / "holdout-x2"
+    assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1", "--out", str(out),
+                 "--scale", "2"]) == 0
+    before, after = read_solution(plain / "solution.csv"), read_solution(out / "solution.csv")
+    assert sorted(after) == sorted(before) == ids[1::2]
+    for image_id in ids[1::2]:
+        folder = out / "stage1_test" / image_id / "images"
+        assert not folder.is_symlink(), "a resized holdout holds copies, never links into the data"
+        small = read_image(plain / "stage1_test" / image_id / "images" / f"{image_id}.png")
+        large = read_image(folder / f"{image_id}.png")
+        assert large.shape == (2 * small.shape[0], 2 * small.shape[1], 3)
+        label, big = before[image_id].label(), after[image_id].label()
+        assert big.shape == large.shape[:2]
+        assert np.array_equal(big, label.repeat(2, axis=0).repeat(2, axis=1))  # nearest, centres aligned
+        assert np.abs(large[::2, ::2].astype(int).mean() - small.astype(int).mean()) < 8
+    result = submit(world, tmp_path, data_dir=out, solution=out / "solution.csv")
+    assert result.score is not None
+    assert result.score.result.score == pytest.approx(score_submission(result.path, out / "solution.csv").result.score)
+
+
+def test_holdout_scaled_down_drops_only_what_vanishes_and_bad_scales_are_refused(world, tmp_path, capsys):
+    from competition.cli import main
+    from competition.solution import read_solution
+
+    ids, folds, plain = lay_out_holdout(world, tmp_path)
+    out = tmp_path / "holdout-x05"
+    assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1", "--out", str(out),
+                 "--scale", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    before, after = read_solution(plain / "solution.csv"), read_solution(out / "solution.csv")
+    for image_id, image in after.items():
+        h, w = before[image_id].shape
+        assert image.shape == (round(h / 2), round(w / 2))
+        ratio = (image.label() > 0).sum() / (before[image_id].label() > 0).sum()
+        assert 0.15 < ratio < 0.35  # a quarter of the area
+    n_before = sum(len(i.rles) for i in before.values())
+    n_after = sum(len(i.rles) for i in after.values())
+    assert f"{n_after} objects resized by 0.5 ({n_before - n_after} too small to keep)" in printed
+    for bad in ("0.1", "5"):
+        assert main(["holdout", "--data", str(world["data"]), "--folds", str(folds), "--fold", "1",
+                     "--out", str(tmp_path / f"bad{bad}"), "--scale", bad]) == 2
+        assert "--scale must lie in [0.25, 4.0]" in capsys.readouterr().err
+        assert not (tmp_path / f"bad{bad}").exists()
+
+
 def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_path):
     ids, folds, out = lay_out_holdout(world, tmp_path)
     cal = tmp_path / "calibration.json"
