@@ -19,6 +19,9 @@ SIZE_PASSES ?= 2
 # channels rotated); it keeps them where averaging their probabilities with the image's
 # scores better, cross-fitted over conditions (empty: none).
 COLOUR_VIEWS ?= gray gbr brg
+# What `make tune` counts its pixel sizes (min_seed_size, min_size) in: image (the image's own
+# pixels) or network (the pixels of the network's input, following each image's resize factor).
+SIZE_UNITS ?= image
 # What runs the network: auto (the fastest installed on the CPU, torch on CUDA), torch,
 # onnxruntime or openvino.
 ENGINE ?= auto
@@ -124,7 +127,7 @@ train-one: $(SETUP)  ## train one member: make train-one MEMBER=type/name RECIPE
 	$(LAUNCH) train-one --recipe $(RECIPE) --member $(MEMBER) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS)
 
 tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE (cross-fitted over conditions)
-	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)"
+	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)" --size-units $(SIZE_UNITS)
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) \

@@ -170,7 +170,7 @@ class _Clock:
         t0 = time.perf_counter()
         probs, route = predictor.predict(image)
         t1 = time.perf_counter()
-        label = watershed_instances(probs, ensemble.params_for(route.image_type)[0], predictor.channels)
+        label = watershed_instances(probs, ensemble.params_for(route.image_type, scale=route.scale)[0], predictor.channels)
         t2 = time.perf_counter()
         rles = label_to_rles(label)
         self.n_objects += len(rles)

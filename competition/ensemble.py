@@ -18,7 +18,12 @@ post-processing per type.
 ``member`` is the member folder relative to ``models/<recipe>/``. An image type with no
 member falls back to the ``all`` members. ``colour_views`` (optional, image types only; chosen
 by tuning): the members' probabilities of that type's images are averaged over the image and
-these colour views of it (:data:`competition.predict.preprocess.COLOUR_VIEWS`). ``postprocess`` holds the
+these colour views of it (:data:`competition.predict.preprocess.COLOUR_VIEWS`).
+``size_units`` (optional, written by tuning): ``"network"`` when the entry's pixel counts
+(``min_seed_size``, ``min_size``, ``seed_dilation``) count the pixels of the network's input,
+so that they scale with each image's resize factor
+(:meth:`~competition.postprocess.PostprocessParams.at_scale`); absent (``"image"``): the
+image's own pixels, as files tuned before 2026-12-05 hold them. ``postprocess`` holds the
 :class:`~competition.postprocess.PostprocessParams` tuned for that image type (by
 ``python -m competition tune``); ``tuning`` records how (scores before and after, images,
 members). The file is built from the finished member folders when it is absent
@@ -62,7 +67,9 @@ ENSEMBLE_FILE = "ensemble.json"
 ENTRY_NAMES = ("all", "fluorescence", "histology", "brightfield")
 IMAGE_TYPES = ENTRY_NAMES[1:]
 _TOP_KEYS = ("recipe", "types", "comment")
-_ENTRY_KEYS = ("members", "postprocess", "tuning", "colour_views")
+_ENTRY_KEYS = ("members", "postprocess", "tuning", "colour_views", "size_units")
+#: what an entry's pixel counts count: the image's pixels or the network input's
+SIZE_UNITS = ("image", "network")
 _MEMBER_KEYS = ("member", "weight")
 
 
@@ -87,12 +94,15 @@ class TypeEntry:
         colour_views: colour views (:data:`~competition.predict.preprocess.COLOUR_VIEWS`)
             whose probabilities are averaged with the image's for images of this type; empty:
             none (the file then has no ``colour_views`` key).
+        size_units: one of :data:`SIZE_UNITS`: what ``postprocess``'s pixel counts count
+            (the file has the key only for ``"network"``).
     """
 
     members: tuple[MemberRef, ...] = ()
     postprocess: dict | None = None
     tuning: dict | None = None
     colour_views: tuple[str, ...] = ()
+    size_units: str = "image"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -102,6 +112,8 @@ class TypeEntry:
         }
         if self.colour_views:
             out["colour_views"] = list(self.colour_views)
+        if self.size_units != "image":
+            out["size_units"] = self.size_units
         return out
 
 
@@ -163,13 +175,16 @@ class Ensemble:
             return "all", True
         raise UserError(f"{self.path}: no member for {image_type} images and no 'all' member to fall back to")
 
-    def params_for(self, image_type: str, *, crossfit_id: str | None = None):
+    def params_for(self, image_type: str, *, crossfit_id: str | None = None, scale: float = 1.0):
         """The post-processing parameters for an image type and where they come from.
 
         The type's own tuned parameters; else those tuned for ``all``; else the defaults.
         With ``crossfit_id``, an image the tuning cross-fitted gets the parameters tuned
         without its condition instead (see
-        :func:`competition.ensemble_tuning.crossfit_postprocess`).
+        :func:`competition.ensemble_tuning.crossfit_postprocess`). ``scale``: the resize
+        factor the image's probabilities were predicted at; parameters of an entry in
+        ``"network"`` size units are converted to the image's pixels with it
+        (:meth:`~competition.postprocess.PostprocessParams.at_scale`).
 
         Returns:
             (:class:`~competition.postprocess.PostprocessParams`, source: ``"tuned <type>"``,
@@ -182,10 +197,11 @@ class Ensemble:
             if entry is not None and entry.postprocess is not None:
                 crossfit = (entry.tuning or {}).get("crossfit") or {}
                 part = (crossfit.get("parts") or {}).get(crossfit_id) if crossfit_id is not None else None
+                factor = scale if entry.size_units == "network" else 1.0
                 if part is not None and crossfit.get("params"):
-                    return (PostprocessParams.from_dict(crossfit["params"][int(part)]),
+                    return (PostprocessParams.from_dict(crossfit["params"][int(part)]).at_scale(factor),
                             f"cross-fitted {name} part {part}")
-                return PostprocessParams.from_dict(entry.postprocess), f"tuned {name}"
+                return PostprocessParams.from_dict(entry.postprocess).at_scale(factor), f"tuned {name}"
         return PostprocessParams(), "default"
 
     def colour_views(self, image_type: str) -> tuple[str, ...]:
@@ -194,13 +210,16 @@ class Ensemble:
         return entry.colour_views if entry is not None else ()
 
     def with_tuning(self, entry: str, params: Mapping[str, Any], tuning: Mapping[str, Any],
-                    colour_views: tuple[str, ...] | None = None) -> Ensemble:
+                    colour_views: tuple[str, ...] | None = None, size_units: str | None = None) -> Ensemble:
         """A copy with ``entry``'s post-processing parameters and tuning record replaced (and
-        its colour views, when given)."""
+        its colour views and size units, when given)."""
         entries = dict(self.entries)
         views = entries[entry].colour_views if colour_views is None else tuple(colour_views)
+        units = entries[entry].size_units if size_units is None else size_units
+        if units not in SIZE_UNITS:
+            raise ValueError(f"size_units must be one of {list(SIZE_UNITS)}, got {units!r}")
         entries[entry] = dataclasses.replace(entries[entry], postprocess=dict(params), tuning=dict(tuning),
-                                             colour_views=views)
+                                             colour_views=views, size_units=units)
         return dataclasses.replace(self, entries=entries)
 
     def without_members(self, entry: str) -> Ensemble:
@@ -230,6 +249,8 @@ class Ensemble:
             source = self.params_for(name)[1] if name != "all" else ("tuned" if self.entries[name].postprocess else "default")
             views = self.entries[name].colour_views
             extra = f"; colour views {', '.join(views)}" if views else ""
+            if self.entries[name].size_units == "network" and self.entries[name].postprocess is not None:
+                extra += "; sizes in the network's pixels"
             lines.append(f"{name:<13} {used}; post-processing {source}{extra}")
         return lines
 
@@ -378,7 +399,10 @@ def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble") -> E
                 views = check_colour_views(table["colour_views"], f"{ewhere}.colour_views")
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-        entries[name] = TypeEntry(tuple(members), post, tuning, views)
+        units = table.get("size_units", "image")
+        if units not in SIZE_UNITS:
+            raise UserError(f"{ewhere}.size_units: expected one of {list(SIZE_UNITS)}, got {units!r}")
+        entries[name] = TypeEntry(tuple(members), post, tuning, views, units)
     recipe = data.get("recipe", root.name)
     if not isinstance(recipe, str):
         raise UserError(f"{where}: recipe must be a string")

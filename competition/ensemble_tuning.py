@@ -12,13 +12,15 @@ when conditions are given).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from competition.ensemble import ENTRY_NAMES, Ensemble, write_ensemble
+from competition.ensemble import ENTRY_NAMES, SIZE_UNITS, Ensemble, write_ensemble
 from competition.errors import DataError, UserError
 from competition.oof import OOFSet, collect_oof, training_split_dir
 
@@ -75,6 +77,7 @@ def tune_ensemble(
     conditions: Mapping[str, str] | None = None,
     n_parts: int = 3,
     colour_views: Sequence[str] = (),
+    size_units: str = "image",
     device: str = "auto",
     loader=None,
 ) -> tuple[Ensemble, list[TypeTuning]]:
@@ -107,6 +110,11 @@ def tune_ensemble(
             ``colour_views``) when that scores higher: cross-fitted when ``conditions`` are
             given, else tuned in sample. Empty: no views, and a tuned type's colour views are
             cleared (its parameters are tuned on maps without them).
+        size_units: what the pixel counts (``min_seed_size``, ``min_size``,
+            ``seed_dilation``) are tuned and written in: ``"image"`` (default), the image's
+            own pixels; ``"network"``, the pixels of the network's input: each out-of-fold map
+            counts with the factor its image was resized by (the true median nucleus to the
+            members' diameter), and prediction converts them with each image's own factor.
         device, loader: where and how the members are loaded to predict the colour views
             (``loader``: ``folder, device -> (model, config)``, default
             :func:`competition.train.members.load_member`).
@@ -119,6 +127,8 @@ def tune_ensemble(
     from competition.tuning import DEFAULT_GRID, tune_postprocess
 
     grid = DEFAULT_GRID if grid is None else grid
+    if size_units not in SIZE_UNITS:
+        raise UserError(f"size units must be one of {list(SIZE_UNITS)}, got {size_units!r}")
     if colour_views:
         from competition.predict.preprocess import check_colour_views
 
@@ -159,6 +169,17 @@ def tune_ensemble(
             images = {s.image_id: s.image for s in loaded}
     outcomes: list[TypeTuning] = []
     base = PostprocessParams()  # start from the defaults: re-tuning does not drift
+    # In network units each out-of-fold map counts with the factor its image was predicted at
+    # (its true median nucleus brought to the members' diameter).
+    diameters = {entry: members_diameter(ensemble, entry) if size_units == "network" else 0.0
+                 for entry in {s for _, s, _ in plans} | {"all"}}
+
+    def _samples(o: OOFSet, entry: str) -> list[tuple[Any, Any, float]]:
+        return _samples_at(o, labels, diameters[entry])
+
+    def _samples_by_id(o: OOFSet, entry: str) -> dict[str, tuple[Any, Any, float]]:
+        return dict(zip(o.probs, _samples(o, entry)))
+
     for name, source, image_type in plans:
         oof = oofs[name]
         crossfits: dict[str, dict] = {}  # side ("own"/"all") -> its cross-fitting, when compared
@@ -170,14 +191,14 @@ def tune_ensemble(
             outcomes.append(TypeTuning(name, image_type, members, 0, note=note))
             continue
         log.info("tuning %s on %d image(s) from %s", name, len(oof.probs), ", ".join(k for k, n in oof.members.items() if n))
-        result = tune_postprocess(_samples(oof, labels), grid, base, n_rounds=n_rounds, channels=oof.channels)
+        result = tune_postprocess(_samples(oof, source), grid, base, n_rounds=n_rounds, channels=oof.channels)
         record = _tuning_record(result, oof, image_type, source, n_rounds, ensemble.entries[name].postprocess)
         alternative = fallbacks.get(name)
         if alternative is not None and set(alternative.probs) == set(oof.probs):
             # Keep what scores better on the same images: the type's own (fine-tuned) members
             # or the all-type model it would otherwise fall back to.
             log.info("tuning %s on the same %d image(s) with the all-type members", name, len(oof.probs))
-            fallback = tune_postprocess(_samples(alternative, labels), grid, base, n_rounds=n_rounds,
+            fallback = tune_postprocess(_samples(alternative, "all"), grid, base, n_rounds=n_rounds,
                                         channels=alternative.channels)
             record["choice"] = {
                 "own_members": [m.key for m in ensemble.members_of(name)],
@@ -191,9 +212,9 @@ def tune_ensemble(
                 # Both sides scored out of sample: the in-sample tuned scores reward the side
                 # whose parameters fit these very images best (a fine-tune on a handful of
                 # images), not the one that holds on conditions it has not seen.
-                crossfits = {side: crossfit_postprocess(_samples_by_id(o, labels), conditions, grid, base,
+                crossfits = {side: crossfit_postprocess(_samples_by_id(o, e), conditions, grid, base,
                                                         n_rounds=n_rounds, channels=o.channels, n_parts=n_parts)
-                             for side, o in (("own", oof), ("all", alternative))}
+                             for side, o, e in (("own", oof, source), ("all", alternative, "all"))}
                 if all(c["score"] is not None for c in crossfits.values()):
                     own_key, all_key = crossfits["own"]["score"], crossfits["all"]["score"]
                     record["choice"].update(own_crossfit=own_key, all_crossfit=all_key, by="crossfit")
@@ -213,9 +234,10 @@ def tune_ensemble(
                         "not compared", name, name)
         side = record.get("choice", {}).get("kept", "own")
         chosen = alternative if side == "all" else oof
+        chosen_entry = "all" if side == "all" else source
         if conditions is not None:
             record["crossfit"] = crossfits.get(side) or crossfit_postprocess(
-                _samples_by_id(chosen, labels), conditions, grid, base, n_rounds=n_rounds,
+                _samples_by_id(chosen, chosen_entry), conditions, grid, base, n_rounds=n_rounds,
                 channels=chosen.channels, n_parts=n_parts)
         kept_views: tuple[str, ...] | None = None if name == "all" else ()
         if colour_views and name != "all":
@@ -225,14 +247,14 @@ def tune_ensemble(
             if n_colour:
                 log.info("tuning %s with colour views %s (%d of %d images in colour)", name,
                          ",".join(colour_views), n_colour, len(chosen.probs))
-                vresult = tune_postprocess(_samples(viewed, labels), grid, base, n_rounds=n_rounds,
+                vresult = tune_postprocess(_samples(viewed, chosen_entry), grid, base, n_rounds=n_rounds,
                                            channels=viewed.channels)
                 views_record.update(plain_score=round(result.score_after, 6), views_score=round(vresult.score_after, 6),
                                     by="tuned")
                 plain_key, views_key = result.score_after, vresult.score_after
                 vcross = None
                 if conditions is not None:
-                    vcross = crossfit_postprocess(_samples_by_id(viewed, labels), conditions, grid, base,
+                    vcross = crossfit_postprocess(_samples_by_id(viewed, chosen_entry), conditions, grid, base,
                                                   n_rounds=n_rounds, channels=viewed.channels, n_parts=n_parts)
                     if vcross["score"] is not None and record["crossfit"]["score"] is not None:
                         plain_key, views_key = record["crossfit"]["score"], vcross["score"]
@@ -250,7 +272,7 @@ def tune_ensemble(
         if result.score_after <= result.score_before:
             params = base  # nothing gained: do not move the parameters on a tie
             record["note"] = "; ".join(filter(None, [record.get("note"), "no gain over the defaults on these images: defaults kept"]))
-        ensemble = ensemble.with_tuning(name, params.to_dict(), record, colour_views=kept_views)
+        ensemble = ensemble.with_tuning(name, params.to_dict(), record, colour_views=kept_views, size_units=size_units)
         if write:
             write_ensemble(ensemble)
         outcomes.append(TypeTuning(name, image_type, members, result.n_images, result, params.to_dict(),
@@ -284,7 +306,9 @@ def crossfit_postprocess(samples: Mapping[str, tuple[Any, Any]], conditions: Map
     the other parts only, so no image is scored by parameters that saw its condition.
 
     Args:
-        samples: ImageId -> (probs C×H×W, true label H×W).
+        samples: ImageId -> (probs C×H×W, true label H×W), or with a third item, the
+            factor the probabilities were predicted at (see
+            :func:`competition.tuning.tune_postprocess`).
         conditions: ImageId -> condition.
 
     Returns:
@@ -306,7 +330,8 @@ def crossfit_postprocess(samples: Mapping[str, tuple[Any, Any]], conditions: Map
         held = [i for i, q in parts.items() if q == p]
         tuned = tune_postprocess(train, grid, base, n_rounds=n_rounds, channels=channels).params
         params_out.append(tuned.to_dict())
-        scored = [(i, samples[i][1], watershed_instances(samples[i][0], tuned, channels)) for i in held]
+        scored = [(i, samples[i][1], watershed_instances(samples[i][0], tuned.at_scale(_factor(samples[i])), channels))
+                  for i in held]
         part_scores.append(round(float(score_images(scored).score), 6))
         pairs.extend(scored)
     return {"score": round(float(score_images(pairs).score), 6), "n_parts": k, "part_scores": part_scores,
@@ -380,19 +405,44 @@ def _oof_ids(folder: Path) -> set[str]:
         return set()
 
 
-def _samples_by_id(oof: OOFSet, labels: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return dict(zip(oof.probs, _samples(oof, labels)))
+def _factor(sample: tuple) -> float:
+    return float(sample[2]) if len(sample) > 2 else 1.0
 
 
-def _samples(oof: OOFSet, labels: Mapping[str, Any]) -> list[tuple[Any, Any]]:
-    """(probs, true label) pairs of an out-of-fold set, checked for matching shapes."""
+def members_diameter(ensemble: Ensemble, entry: str) -> float:
+    """The nucleus diameter (px) ``entry``'s members were trained at (their geometric mean,
+    as :class:`~competition.predict.EnsemblePredictor` resizes to it); 0 when none was
+    trained at one size. Read from each member's ``config.json``."""
+    diameters = []
+    for m in ensemble.members_of(entry):
+        path = ensemble.member_folder(m.key) / "config.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+        d = float((config.get("member") or {}).get("nucleus_diameter", 0.0) or 0.0)
+        if d > 0:
+            diameters.append(d)
+    return math.exp(sum(math.log(d) for d in diameters) / len(diameters)) if diameters else 0.0
+
+
+def _samples_at(oof: OOFSet, labels: Mapping[str, Any], target: float = 0.0) -> list[tuple[Any, Any, float]]:
+    """(probs, true label, factor) of an out-of-fold set, checked for matching shapes.
+
+    ``factor``: the resize factor the maps were predicted at, the one that brings the image's
+    true median nucleus to the members' diameter ``target``
+    (:func:`competition.scale.label_scale`, as training validation resizes); 1 for members
+    not trained at one nucleus size (``target`` 0).
+    """
+    from competition.scale import label_scale
+
     samples = []
     for image_id, probs in oof.probs.items():
         label = labels[image_id]
         if label.shape != probs.shape[1:]:
             raise UserError(f"out-of-fold map of {image_id} is {probs.shape[1:]}, its label {label.shape}: "
                             "was the member trained on other data? pass --data")
-        samples.append((probs, label))
+        samples.append((probs, label, label_scale(label, target) if target > 0 else 1.0))
     return samples
 
 

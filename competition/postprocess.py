@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,24 @@ class PostprocessParams:
             raise ValueError(
                 f"watershed_on must be one of {list(WATERSHED_LANDSCAPES)}, got {self.watershed_on!r}"
             )
+
+    def at_scale(self, factor: float) -> PostprocessParams:
+        """These parameters, counted in the pixels of a network that saw the image resized by
+        ``factor``, for its probabilities at the image's own size: the areas
+        (``min_seed_size``, ``min_size``) divided by ``factor`` squared and ``seed_dilation``
+        by ``factor``, rounded. Factor 1 returns the parameters themselves.
+
+        Raises:
+            ValueError: a factor that is not a positive finite number.
+        """
+        factor = float(factor)
+        if not math.isfinite(factor) or factor <= 0:
+            raise ValueError(f"a resize factor must be a positive number, got {factor!r}")
+        if factor == 1.0:
+            return self
+        return dataclasses.replace(self, min_seed_size=round(self.min_seed_size / factor ** 2),
+                                   min_size=round(self.min_size / factor ** 2),
+                                   seed_dilation=round(self.seed_dilation / factor))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

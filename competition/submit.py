@@ -413,12 +413,12 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
 
     out = _Predictions(problems=dict(problems))
 
-    def params_of(image_id: str, image_type: str):
-        return ensemble.params_for(image_type, crossfit_id=image_id if crossfit else None)
+    def params_of(image_id: str, image_type: str, scale: float = 1.0):
+        return ensemble.params_for(image_type, crossfit_id=image_id if crossfit else None, scale=scale)
 
-    def finish(image_id: str, probs: np.ndarray, image_type: str) -> tuple[str, list[str], float, float, int]:
+    def finish(image_id: str, probs: np.ndarray, image_type: str, scale: float) -> tuple[str, list[str], float, float, int]:
         t0 = time.perf_counter()
-        label = watershed_instances(probs, params_of(image_id, image_type)[0], predictor.channels)
+        label = watershed_instances(probs, params_of(image_id, image_type, scale)[0], predictor.channels)
         t1 = time.perf_counter()
         return image_id, label_to_rles(label), t1 - t0, time.perf_counter() - t1, count_border_strips(label)
 
@@ -469,9 +469,9 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
                                          "shape": list(image.shape[:2])}
                 out.features[image_id] = image_features(image_id, image, route.image_type)
                 if pool is None:
-                    collect(finish(image_id, probs, route.image_type))
+                    collect(finish(image_id, probs, route.image_type, route.scale))
                 else:
-                    pending.append(pool.submit(finish, image_id, probs, route.image_type))
+                    pending.append(pool.submit(finish, image_id, probs, route.image_type, route.scale))
                     while len(pending) > 2 * workers:
                         collect(pending.pop(0).result())
             if n % 10 == 0 or n == len(readable):

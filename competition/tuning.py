@@ -10,6 +10,11 @@ Two caches keep it fast: every parameter set is scored once (a value tried again
 round costs nothing), and the watershed of the current parameters is kept, so trying the
 values of ``min_size`` and ``fill_holes`` (which only act after the watershed) costs a size
 filter and a hole fill per image, not a watershed.
+
+A sample may carry the resize factor its probabilities were predicted at (``(probs, label,
+factor)``): the parameters' pixel counts are then those of the network's input
+(:meth:`~competition.postprocess.PostprocessParams.at_scale`), so one ``min_size`` means the
+same fraction of a nucleus in every image whatever its magnification.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ DEFAULT_GRID: Mapping[str, tuple] = MappingProxyType(
 # Fields that act after the watershed: trying their values reuses the watershed's output.
 _FINISH_FIELDS = ("min_size", "fill_holes")
 
-Sample = tuple[np.ndarray, np.ndarray]
+#: ``(probs, true label)`` or ``(probs, true label, resize factor)``
+Sample = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, float]
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,9 @@ def score_params(
     """Mean competition score of :func:`competition.postprocess.watershed_instances` on samples.
 
     Args:
-        samples: ``(probs, true_label)`` pairs, probs C×H×W in ``channels`` order.
+        samples: ``(probs, true_label)`` pairs, probs C×H×W in ``channels`` order, or
+            ``(probs, true_label, factor)``: the parameters count the pixels of the
+            network's input, resized by ``factor`` (:meth:`PostprocessParams.at_scale`).
         params: the post-processing parameters.
         channels: the channel names of the probabilities.
 
@@ -104,7 +112,7 @@ def score_params(
 class _Evaluator:
     """Scores parameter sets on fixed samples, with the two caches described above."""
 
-    def __init__(self, samples: list[Sample], channels: tuple[str, ...]) -> None:
+    def __init__(self, samples: list[tuple[np.ndarray, np.ndarray, float]], channels: tuple[str, ...]) -> None:
         self.samples = samples
         self.channels = channels
         self.scores: dict[PostprocessParams, float] = {}
@@ -119,7 +127,8 @@ class _Evaluator:
     def _raw_labels(self, params: PostprocessParams) -> list[np.ndarray]:
         key = self._key(params)
         if key != self._raw_key:
-            self._raw = [watershed_raw(probs, params, self.channels) for probs, _ in self.samples]
+            self._raw = [watershed_raw(probs, params.at_scale(factor), self.channels)
+                         for probs, _, factor in self.samples]
             self._raw_key = key
             self.n_watersheds += 1
         return self._raw
@@ -128,17 +137,23 @@ class _Evaluator:
         if params not in self.scores:
             raw = self._raw_labels(params)
             per_image = [
-                score_image(true_label, finish_instances(label, params)).score
-                for label, (_, true_label) in zip(raw, self.samples)
+                score_image(true_label, finish_instances(label, params.at_scale(factor))).score
+                for label, (_, true_label, factor) in zip(raw, self.samples)
             ]
             self.scores[params] = float(np.mean(per_image)) if per_image else 0.0
         return self.scores[params]
 
 
-def _check_samples(samples: Sequence[Sample]) -> list[Sample]:
+def _check_samples(samples: Sequence[Sample]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The samples as ``(probs, label, factor)`` triples (factor 1 when not given), checked."""
     checked = []
     for i, sample in enumerate(samples):
-        probs, true_label = sample
+        if len(sample) not in (2, 3):
+            raise ValueError(f"sample {i}: expected (probs, label) or (probs, label, factor), got {len(sample)} items")
+        probs, true_label = sample[0], sample[1]
+        factor = float(sample[2]) if len(sample) == 3 else 1.0
+        if not np.isfinite(factor) or factor <= 0:
+            raise ValueError(f"sample {i}: the resize factor must be a positive number, got {sample[2]!r}")
         probs, true_label = np.asarray(probs), np.asarray(true_label)
         if probs.ndim == 2:
             probs = probs[None]
@@ -147,7 +162,7 @@ def _check_samples(samples: Sequence[Sample]) -> list[Sample]:
                 f"sample {i}: probs must be C×H×W and the label H×W, "
                 f"got {probs.shape} and {true_label.shape}"
             )
-        checked.append((probs, true_label))
+        checked.append((probs, true_label, factor))
     return checked
 
 
@@ -188,7 +203,8 @@ def tune_postprocess(
     Args:
         samples: ``(probs, true_label)`` pairs: out-of-fold C×H×W probabilities (in
             ``channels`` order) and the true H×W label image, typically all the validation
-            images of one image type.
+            images of one image type; a third item, the factor the probabilities were
+            predicted at, makes the pixel counts tuned those of the network's input.
         grid: parameter name -> values to try (names of :class:`PostprocessParams` fields).
         base: the starting parameters (and the values of parameters not in ``grid``).
         n_rounds: the most rounds over the grid (>= 1).

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             n_failed += 1
             continue
         probs, route = predictor.predict(image)
-        params, source = ensemble.params_for(route.image_type)
+        params, source = ensemble.params_for(route.image_type, scale=route.scale)
         label = watershed_instances(probs, params, predictor.channels)
         with atomic_write(args.out / f"{image_id}.png", mode="wb") as handle:
             Image.fromarray(label.astype(np.uint16)).save(handle, format="PNG")

@@ -112,6 +112,15 @@ class Route:
     scales: tuple[tuple[str, float], ...] = ()
     colour_views: tuple[str, ...] = ()
 
+    @property
+    def scale(self) -> float:
+        """The resize factor the members saw (geometric mean over members; 1: native size),
+        which converts post-processing sizes counted in the network's pixels
+        (:meth:`competition.ensemble.Ensemble.params_for`)."""
+        if not self.scales:
+            return 1.0
+        return float(math.exp(sum(math.log(f) for _, f in self.scales) / len(self.scales)))
+
     def to_dict(self) -> dict[str, Any]:
         out = {
             "type": self.image_type,
@@ -424,7 +433,6 @@ class EnsemblePredictor:
 
         t0 = time.perf_counter()
         total = sum(w for _, w in route.members)
-        params = self.ensemble.params_for(route.image_type)[0]
         target = float(np.exp(np.mean([np.log(t) for t in targets.values() if t > 0])))
         windows = size_windows(image.shape[:2], self.size_max_pixels)
         whole = len(windows) == 1 and windows[0][0] == (slice(0, image.shape[0]), slice(0, image.shape[1]))
@@ -436,6 +444,8 @@ class EnsemblePredictor:
             if key in ran:
                 return ran[key][0]
             areas, kept = [], {}
+            # the pixel counts of a type tuned in the network's pixels follow the factors
+            params = self.ensemble.params_for(route.image_type, scale=dataclasses.replace(route, scales=key).scale)[0]
             for window, inner in windows:
                 view = image[window]
                 mean: np.ndarray | None = None
