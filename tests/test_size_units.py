@@ -13,7 +13,8 @@ import pytest
 from competition.errors import UserError
 from competition.postprocess import PostprocessParams, watershed_instances
 from competition.tuning import score_params, tune_postprocess
-from test_submit import make_dataset, make_member, soft_probs, submit
+# ``world``: drawn data and two stand-in members (all + fluorescence) with out-of-fold maps
+from test_submit import submit, world  # noqa: F401
 
 
 def disks(shape, specs):
@@ -69,19 +70,6 @@ def test_route_scale_is_the_members_geometric_mean():
     route = Route("fluorescence", "all", (("all/a", 1.0), ("all/b", 1.0)), True, 20.0, (("all/a", 0.5), ("all/b", 2.0)))
     assert route.scale == pytest.approx(1.0)
     assert Route("histology", "all", (("all/a", 1.0),), True, 56.0, (("all/a", 0.5),)).scale == 0.5
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    """Drawn data, two stand-in members (all + fluorescence) with out-of-fold maps."""
-    root = tmp_path_factory.mktemp("units")
-    data = make_dataset(root / "data")
-    models = root / "models"
-    oof = {i: (t, soft_probs(lab, peak=0.45)) for i, (t, lab) in data["train"].items()}
-    make_member(models / "standin", "all/a", data_dir=root / "data", oof=oof)
-    make_member(models / "standin", "fluorescence/f", data_dir=root / "data", seed=1,
-                oof={i: v for i, v in oof.items() if v[0] == "fluorescence"})
-    return {"root": root, "data": root / "data", "models": models, "drawn": data}
 
 
 @pytest.fixture
