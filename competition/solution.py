@@ -81,6 +81,11 @@ def read_solution(path: str | Path) -> dict[str, SolutionImage]:
     }
 
 
+def count_objects(label: np.ndarray) -> int:
+    """The number of objects (distinct non-zero ids) in a label image."""
+    return int(np.count_nonzero(np.bincount(np.asarray(label).ravel())[1:]))
+
+
 def write_solution(
     labels: Mapping[str, np.ndarray],
     path: str | Path,

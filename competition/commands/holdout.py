@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from competition.commands.make_solution import read_id_file
     from competition.data.io import load_split
     from competition.errors import UserError
-    from competition.solution import write_solution
+    from competition.solution import count_objects, write_solution
     from competition.submission import write_sample_submission
     from competition.train.dataset import resolve_split_dir
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     labels = {s.image_id: s.label for s in samples}
-    n_before = sum(_count_objects(label) for label in labels.values())
+    n_before = sum(count_objects(label) for label in labels.values())
     if args.scale == 1.0:
         for image_id in ids:
             (tmp / image_id).mkdir()
@@ -92,14 +92,8 @@ def run(args: argparse.Namespace) -> int:
     write_sample_submission(ids, args.out / "stage1_sample_submission.csv")
     write_solution(labels, args.out / "solution.csv", "Public")
     tmp.rename(test)
-    n_objects = sum(_count_objects(label) for label in labels.values())
+    n_objects = sum(count_objects(label) for label in labels.values())
     resized = "" if args.scale == 1.0 else f" resized by {args.scale:g} ({n_before - n_objects} too small to keep)"
     print(f"fold {args.fold} of {split}: {len(ids)} images, {n_objects} objects{resized} -> {args.out} "
           f"(stage1_test/, stage1_sample_submission.csv, solution.csv)")
     return 0
-
-
-def _count_objects(label) -> int:
-    import numpy as np
-
-    return int(np.count_nonzero(np.bincount(label.ravel())[1:]))

@@ -20,11 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from competition.data.io import load_split
     from competition.errors import UserError
-    from competition.solution import write_solution
+    from competition.solution import count_objects, write_solution
 
     ids = read_id_file(args.ids, args.fold) if args.ids is not None else None
     if args.fold is not None and args.ids is None:
@@ -38,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.overwrite and args.out.exists():
         raise UserError(f"{args.out} exists; pass --overwrite to replace it")
     write_solution({s.image_id: s.label for s in samples}, args.out, args.usage)
-    n_objects = sum(int(np.count_nonzero(np.bincount(s.label.ravel())[1:])) for s in samples)
+    n_objects = sum(count_objects(s.label) for s in samples)
     print(f"wrote {args.out}: {len(samples)} images, {n_objects} objects, {len(skipped)} skipped")
     return 0
 

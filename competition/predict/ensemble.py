@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from competition.predict.preprocess import colour_view, is_gray
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SURVEY_FACTORS", "SURVEY_RANGE", "SURVEY_UPSCALE", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "UPSCALE_MAX_PIXELS", "SIZE_MAX_PIXELS", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
+__all__ = ["SURVEY_FACTORS", "SURVEY_RANGE", "SURVEY_UPSCALE", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "UPSCALE_MAX_PIXELS", "SIZE_MAX_PIXELS", "mean_factor", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
 
 #: Downscales tried beside the native size in the first nucleus-size pass.
 SURVEY_FACTORS = (0.5, 0.25)
@@ -79,6 +79,12 @@ UPSCALE_MAX_PIXELS = 2_000_000
 SIZE_MAX_PIXELS = 500_000
 
 
+def mean_factor(factors: Iterable[float]) -> float:
+    """The geometric mean of the members' resize factors (1 for none: the native size)."""
+    logs = [math.log(f) for f in factors]
+    return float(math.exp(sum(logs) / len(logs))) if logs else 1.0
+
+
 def snap_scale(s: float, steps: int = SCALE_STEPS) -> float:
     """``s`` rounded to the nearest of ``steps`` per octave (``2 ** (k / steps)``); ``s`` itself
     when ``steps`` is 0 or ``s`` is 1."""
@@ -114,12 +120,10 @@ class Route:
 
     @property
     def scale(self) -> float:
-        """The resize factor the members saw (geometric mean over members; 1: native size),
-        which converts post-processing sizes counted in the network's pixels
+        """The resize factor the members saw (:func:`mean_factor` of theirs), which converts
+        post-processing sizes counted in the network's pixels
         (:meth:`competition.ensemble.Ensemble.params_for`)."""
-        if not self.scales:
-            return 1.0
-        return float(math.exp(sum(math.log(f) for _, f in self.scales) / len(self.scales)))
+        return mean_factor(f for _, f in self.scales)
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -445,7 +449,7 @@ class EnsemblePredictor:
                 return ran[key][0]
             areas, kept = [], {}
             # the pixel counts of a type tuned in the network's pixels follow the factors
-            params = self.ensemble.params_for(route.image_type, scale=dataclasses.replace(route, scales=key).scale)[0]
+            params = self.ensemble.params_for(route.image_type, scale=mean_factor(factors.values()))[0]
             for window, inner in windows:
                 view = image[window]
                 mean: np.ndarray | None = None
