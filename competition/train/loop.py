@@ -48,7 +48,7 @@ from competition.predict.preprocess import (
     LIGHT_BACKGROUND_THRESHOLD,
     is_dark_on_light,
 )
-from competition.train.recipe import MEMBER_TYPES, Member
+from competition.train.recipe import MEMBER_TYPES, REFIT_FOLD, Member
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +457,10 @@ def _fit(
         log.warning("%s: no training images of type %r (fold %d held out); member skipped",
                     member.key, member.type, member.fold)
         return None
-    if not valid:
+    if not valid and member.fold == REFIT_FOLD:
+        log.info("%s: a refit on every %s image (no fold held out): no validation; best.pt = "
+                 "last epoch", member.key, "training" if member.type == "all" else member.type)
+    elif not valid:
         log.warning("%s: fold %d holds no %s images: no validation; best.pt = last epoch",
                     member.key, member.fold, member.type)
 

@@ -50,6 +50,8 @@ DEFAULT_CHANNELS = ("body", "boundary", "gap")
 #: Where ``--recipe NAME`` is looked up.
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
+#: ``fold`` of a member trained on every image (no fold held out, no validation).
+REFIT_FOLD = -1
 ENCODER_WEIGHTS = ("none", "imagenet", "imagenet-offline")  # or a local state-dict file
 PRECISIONS = ("auto", "bf16", "fp32")
 ON_MISSING_WEIGHTS = ("fail", "random")
@@ -116,7 +118,9 @@ class Member:
         loss: see :class:`LossConfig`.
         augment: a strength of :data:`competition.train.augment.PIPELINES` (its keys are the
             valid names).
-        fold: validation fold (images of this fold are held out).
+        fold: validation fold (images of this fold are held out); ``-1``: none held out, a
+            refit on every image (no validation: ``best.pt`` is the last epoch), as
+            ``competition refit`` trains the members a tuned ensemble kept.
         seed: seeds weights init, crop sampling and augmentation.
         init_from: ``"all/<name>"``: start from that member's ``best.pt``.
         invert: invert dark-on-light images before the network: true, false or ``"auto"``
@@ -375,11 +379,14 @@ def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
     for name in positive:
         if getattr(m, name) < 1:
             raise UserError(f"{where}.{name}: must be >= 1")
-    nonneg = ("samples_per_epoch", "freeze_encoder_epochs", "fold", "seed", "num_workers",
+    nonneg = ("samples_per_epoch", "freeze_encoder_epochs", "seed", "num_workers",
               "boundary_width", "gap_width", "threads")
     for name in nonneg:
         if getattr(m, name) < 0:
             raise UserError(f"{where}.{name}: must be >= 0")
+    if m.fold < REFIT_FOLD:
+        raise UserError(f"{where}.fold: a fold number >= 0, or {REFIT_FOLD} for none held out "
+                        "(a refit on every image)")
     if m.nucleus_diameter < 0 or (0 < m.nucleus_diameter < 4):
         raise UserError(f"{where}.nucleus_diameter: 0 (native scale) or at least 4 pixels")
     if m.decoder_channels:
