@@ -73,7 +73,7 @@ TYPES ?=
 PYTEST_ARGS ?=
 
 .PHONY: help setup test bench data types folds synth score validate leaderboard \
-	train-all train-one tune submit holdout report demo clean-venv
+	train-all train-one refit tune submit holdout report demo clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -125,6 +125,9 @@ train-all: $(SETUP)  ## train every unfinished member of RECIPE on DATA_DIR (res
 train-one: $(SETUP)  ## train one member: make train-one MEMBER=type/name RECIPE=...
 	@test -n "$(MEMBER)" || { echo "usage: make train-one MEMBER=TYPE/NAME [RECIPE=$(RECIPE)]"; exit 2; }
 	$(LAUNCH) train-one --recipe $(RECIPE) --member $(MEMBER) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS)
+
+refit: $(SETUP)  ## train RECIPE's tuned members again on every training image into MODELS/RECIPE-refit (then make submit RECIPE=RECIPE-refit)
+	$(LAUNCH) refit --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
 
 tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE (cross-fitted over conditions)
 	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)" --size-units $(SIZE_UNITS)

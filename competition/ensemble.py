@@ -23,7 +23,10 @@ these colour views of it (:data:`competition.predict.preprocess.COLOUR_VIEWS`).
 (``min_seed_size``, ``min_size``, ``seed_dilation``) count the pixels of the network's input,
 so that they scale with each image's resize factor
 (:meth:`~competition.postprocess.PostprocessParams.at_scale`); absent (``"image"``): the
-image's own pixels, as files tuned before 2026-12-05 hold them. ``postprocess`` holds the
+image's own pixels, as files tuned before 2026-12-05 hold them. ``refit`` (top level, written by
+``competition refit``): the ensemble's members are refits, on every training image, of the
+members of the tuned ensemble it names (its post-processing and tuning records are that
+ensemble's). ``postprocess`` holds the
 :class:`~competition.postprocess.PostprocessParams` tuned for that image type (by
 ``python -m competition tune``); ``tuning`` records how (scores before and after, images,
 members). The file is built from the finished member folders when it is absent
@@ -66,7 +69,7 @@ ENSEMBLE_FILE = "ensemble.json"
 #: (:data:`competition.data.types.IMAGE_TYPES`).
 ENTRY_NAMES = ("all", "fluorescence", "histology", "brightfield")
 IMAGE_TYPES = ENTRY_NAMES[1:]
-_TOP_KEYS = ("recipe", "types", "comment")
+_TOP_KEYS = ("recipe", "types", "comment", "refit")
 _ENTRY_KEYS = ("members", "postprocess", "tuning", "colour_views", "size_units")
 #: what an entry's pixel counts count: the image's pixels or the network input's
 SIZE_UNITS = ("image", "network")
@@ -126,12 +129,17 @@ class Ensemble:
         root: the recipe's model folder (``models/<recipe>``); member keys are relative to it.
         entries: ``all`` and every image type -> :class:`TypeEntry`.
         comment: free text kept from the file.
+        refit: for the ensemble of a refit (``competition refit``): the tuned ensemble its
+            members were refit from (``of``, ``sha256``) and each member's fold there; None
+            otherwise. Its members trained on every image, so they have no out-of-fold maps
+            and no holdout of their own.
     """
 
     recipe: str
     root: Path
     entries: Mapping[str, TypeEntry]
     comment: str = ""
+    refit: dict | None = None
 
     @property
     def path(self) -> Path:
@@ -233,6 +241,8 @@ class Ensemble:
         if self.comment:
             out["comment"] = self.comment
         out["types"] = {name: self.entries[name].to_dict() for name in ENTRY_NAMES}
+        if self.refit is not None:
+            out["refit"] = self.refit
         return out
 
     def describe(self) -> list[str]:
@@ -406,7 +416,10 @@ def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble") -> E
     recipe = data.get("recipe", root.name)
     if not isinstance(recipe, str):
         raise UserError(f"{where}: recipe must be a string")
-    ensemble = Ensemble(recipe, root, entries, comment=str(data.get("comment", "")))
+    refit = data.get("refit")
+    if refit is not None and not (isinstance(refit, dict) and isinstance(refit.get("of"), str)):
+        raise UserError(f"{where}: refit must be an object naming the ensemble refit from ('of')")
+    ensemble = Ensemble(recipe, root, entries, comment=str(data.get("comment", "")), refit=refit)
     _check_routable(ensemble)
     return ensemble
 

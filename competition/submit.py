@@ -517,6 +517,10 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     shapes, problems = _read_shapes(split, ids, opts.strict)
 
     ensemble = load_ensemble(opts.models_dir, opts.recipe)
+    if ensemble.refit is not None and (opts.crossfit or (opts.solution is not None and opts.calibration is not None)):
+        raise UserError(f"the members of {ensemble.root} are refits on every training image (of "
+                        f"{ensemble.refit['of']}): a holdout of them would score images they trained on; "
+                        "run the holdout on the ensemble they were refit from")
     set_threads(opts.threads)
     tiling = opts.tiling or Tiling()
     predictor = EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader,
@@ -558,6 +562,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "models_dir": str(ensemble.root),
         "ensemble": ensemble.to_dict()["types"],
         "members": ensemble.routed_member_keys(),
+        "refit": ensemble.refit,
         "postprocess": {t: {"params": ensemble.params_for(t)[0].to_dict(), "source": ensemble.params_for(t)[1]}
                         for t in ("fluorescence", "histology", "brightfield")},
         "local_cv": cv,

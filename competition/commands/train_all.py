@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "brightfield); their init_from parents are trained too")
 
 
-def run_training(args: argparse.Namespace, *, keys=None, only=None, with_parents=True) -> int:
-    """Shared body of train-all and train-one; returns the exit status."""
+def run_training(args: argparse.Namespace, *, keys=None, only=None, with_parents=True, recipe=None) -> int:
+    """Shared body of train-all, train-one and refit (``recipe``: a parsed recipe instead of
+    ``args.recipe``); returns the exit status."""
     import logging
     import os
     import time
@@ -66,7 +67,7 @@ def run_training(args: argparse.Namespace, *, keys=None, only=None, with_parents
 
     log = logging.getLogger("competition.train")
     t0 = time.perf_counter()
-    recipe = load_recipe(args.recipe)
+    recipe = recipe or load_recipe(args.recipe)
     if keys:
         for k in keys:
             recipe.member(k)  # UserError listing the valid members

@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     started = time.perf_counter()
     ensemble = load_ensemble(args.models, args.recipe)
+    if ensemble.refit is not None:
+        raise UserError(f"{ensemble.path} is a refit of {ensemble.refit['of']}: its members trained on every "
+                        "image, so they have no out-of-fold maps; tune that ensemble, then rerun `make refit`")
     for line in ensemble.describe():
         print(f"ensemble {line}")
     conditions = None

@@ -1,0 +1,141 @@
+"""Refits: the members a tuned ensemble kept, trained again on every training image.
+
+A tuned ensemble (``models/<recipe>/ensemble.json``) holds members validated on one fold: its
+post-processing was tuned on their out-of-fold maps, and ``make holdout`` measured the whole
+submit path on conditions they never saw. The submission need not leave that fold unused.
+``competition refit`` (``make refit``) trains every member the ensemble routes to, and the
+``init_from`` parents they start from, again with the recipe's settings and seed but no fold
+held out (``fold = -1``: no validation, ``best.pt`` is the last epoch), into
+``models/<recipe>-refit/``. It writes there the tuned ensemble (routing, weights,
+post-processing and tuning records) with a ``refit`` record naming its source, and the
+source's holdout calibration files, so ``make submit RECIPE=<recipe>-refit`` predicts with the
+refits.
+
+A refit has no local score of its own, since every training image is in its training set.
+Its post-processing and expected score are the source's, measured on members that had not
+seen the holdout fold. The expected score recomputes the distances to the training
+conditions for the larger training set, so test images near the added conditions count as
+nearer. ``tune`` and ``holdout`` refuse a refit ensemble.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from competition.ensemble import ENSEMBLE_FILE, Ensemble, load_ensemble, read_ensemble, recipe_dir, write_ensemble
+from competition.errors import UserError
+from competition.train.recipe import REFIT_FOLD, Recipe
+
+log = logging.getLogger(__name__)
+
+#: the holdout calibration files of a recipe folder that a refit takes over
+CALIBRATION_GLOB = "calibration-f*.json"
+
+
+def refit_name(recipe_name: str) -> str:
+    """The recipe name (and models folder) of a recipe's refit."""
+    return f"{recipe_name}-refit"
+
+
+def refit_recipe(recipe: Recipe, ensemble: Ensemble, name: str | None = None) -> Recipe:
+    """The recipe of the refit: the members ``ensemble`` routes to and their ``init_from``
+    parents, in the recipe's order, each with ``fold = -1``.
+
+    Raises:
+        UserError: the ensemble is a refit itself, it routes to a member the recipe does not
+            define, or two of the members differ only in their fold (their refits would be
+            one network twice).
+    """
+    if ensemble.refit is not None:
+        raise UserError(f"{ensemble.path} is a refit already (of {ensemble.refit.get('of')}); "
+                        "refit the ensemble it came from")
+    needed: set[str] = set()
+
+    def add(key: str) -> None:
+        if key in needed:
+            return
+        try:
+            member = recipe.member(key)
+        except UserError:
+            raise UserError(f"{ensemble.path} routes to member {key}, which recipe {recipe.name!r} does not "
+                            f"define ({', '.join(m.key for m in recipe.members)}): a refit trains each member "
+                            "from its recipe settings") from None
+        needed.add(key)
+        if member.init_from:
+            add(member.init_from)
+
+    for key in ensemble.routed_member_keys():
+        add(key)
+    members = [dataclasses.replace(m, fold=REFIT_FOLD) for m in recipe.members if m.key in needed]
+    seen: dict[tuple, str] = {}
+    for source, member in zip((m for m in recipe.members if m.key in needed), members):
+        settings = tuple(sorted((k, repr(v)) for k, v in dataclasses.asdict(member).items()
+                                if k not in ("name", "init_from")))
+        if settings in seen:
+            raise UserError(f"members {seen[settings]} and {source.key} of {ensemble.path} differ only in their "
+                            "fold: refit on every image they would be the same network; keep one of them")
+        seen[settings] = source.key
+    return Recipe(name=name or refit_name(recipe.name), path=recipe.path,
+                  description=f"refit of {recipe.name} on every training image: {recipe.description}",
+                  channels=recipe.channels, members=tuple(members))
+
+
+def write_refit(source: Ensemble, refit: Recipe, models_dir: str | Path) -> Ensemble:
+    """Write the refit's ``ensemble.json`` (the source's, with a ``refit`` record) and its
+    copies of the source's holdout calibration files into ``models_dir/<refit name>``.
+
+    Calibration copies keep the source's rows (scores of members that had not seen the
+    holdout fold); their key names the refit's recipe, and ``refit_of`` names the source.
+    """
+    from competition.csvio import atomic_write
+    from competition.expected import read_calibration
+    from competition.leaderboard import file_hash
+
+    root = recipe_dir(models_dir, refit.name)
+    folds = {}
+    for key in source.member_keys():
+        config = json.loads((source.member_folder(key) / "config.json").read_text())
+        folds[key] = config.get("fold")
+    record = {
+        "of": str(source.path),
+        "sha256": file_hash(source.path),
+        "source_folds": folds,
+        "note": ("members trained on every training image (fold -1) with the source members' settings; "
+                 "post-processing, routing and calibration are the source's, measured on its held-out fold"),
+    }
+    ensemble = dataclasses.replace(source, recipe=refit.name, root=root, refit=record,
+                                   comment=f"refit of {source.recipe}: written by `competition refit`; "
+                                           "edit the source and rerun refit instead of this file")
+    write_ensemble(ensemble)
+    for path in sorted(source.root.glob(CALIBRATION_GLOB)):
+        calibration = read_calibration(path)
+        copied = {**calibration, "key": {**calibration.get("key", {}), "recipe": refit.name}, "refit_of": str(path)}
+        with atomic_write(root / path.name, overwrite=True) as handle:
+            json.dump(copied, handle, indent=1)
+            handle.write("\n")
+    return read_ensemble(root / ENSEMBLE_FILE)
+
+
+def refit_source(models_dir: str | Path, recipe: Recipe) -> Ensemble:
+    """The recipe's tuned ensemble, which a refit copies (not built when missing)."""
+    path = recipe_dir(models_dir, recipe.name) / ENSEMBLE_FILE
+    if not path.is_file():
+        raise UserError(f"no {path}: train and tune the recipe first (make train-all tune RECIPE={recipe.name}); "
+                        "a refit repeats the members its tuned ensemble kept")
+    ensemble = load_ensemble(models_dir, recipe.name, create=False)
+    if not any(e.tuning for e in ensemble.entries.values()):
+        log.warning("%s is not tuned: the refit takes its default post-processing (make tune RECIPE=%s first)",
+                    path, recipe.name)
+    return ensemble
+
+
+def unfinished(refit: Recipe, models_dir: str | Path) -> list[str]:
+    """The refit's members that are not finished yet."""
+    root = recipe_dir(models_dir, refit.name)
+    return [m.key for m in refit.members if not (root / m.key / "done").is_file()]
+
+
+__all__ = ["refit_name", "refit_recipe", "write_refit", "refit_source", "unfinished"]
