@@ -344,8 +344,9 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
-def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble") -> Ensemble:
-    """Validate a parsed ensemble file (strict) and check its member folders exist.
+def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble", members_on_disk: bool = True) -> Ensemble:
+    """Validate a parsed ensemble file (strict) and check its member folders exist (unless
+    ``members_on_disk`` is false: a refit reads the file of a clone without weights).
 
     Raises:
         UserError: unknown keys, an unknown type, a weight that is not a positive number, a
@@ -381,10 +382,10 @@ def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble") -> E
                 raise UserError(f"{mwhere}: member {key} listed twice")
             folder = root / key
             missing = [f for f in ("config.json", "best.pt") if not (folder / f).is_file()]
-            if missing:
+            if missing and members_on_disk:
                 what = "does not exist" if not folder.is_dir() else f"has no {' and no '.join(missing)}"
                 raise UserError(f"{mwhere}: member folder {folder} {what}")
-            if not _is_finished(folder):
+            if members_on_disk and not _is_finished(folder):
                 log.warning("%s: member %s is not finished; using its best.pt so far", where, key)
             members.append(MemberRef(key, weight))
         post = table.get("postprocess")
@@ -435,8 +436,8 @@ def _check_routable(ensemble: Ensemble) -> None:
         )
 
 
-def read_ensemble(path: str | Path) -> Ensemble:
-    """Read and validate ``models/<recipe>/ensemble.json``.
+def read_ensemble(path: str | Path, *, members_on_disk: bool = True) -> Ensemble:
+    """Read and validate ``models/<recipe>/ensemble.json`` (see :func:`parse_ensemble`).
 
     Raises:
         UserError: unreadable or invalid JSON, or anything :func:`parse_ensemble` rejects.
@@ -448,7 +449,7 @@ def read_ensemble(path: str | Path) -> Ensemble:
         raise UserError(f"cannot read ensemble file {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise UserError(f"{path}: invalid JSON: {exc}") from None
-    return parse_ensemble(data, path.parent, where=str(path))
+    return parse_ensemble(data, path.parent, where=str(path), members_on_disk=members_on_disk)
 
 
 def write_ensemble(ensemble: Ensemble) -> Path:

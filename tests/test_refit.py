@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,20 @@ def test_fold_minus_one_is_the_only_negative_fold():
     assert recipe.member("all/a").fold == -1
     with pytest.raises(UserError, match="fold: a fold number >= 0, or -1"):
         parse_recipe({**base, "all": [{"name": "a", "fold": -2}]}, name="x")
+
+
+def test_a_clone_without_weights_can_refit_and_a_changed_recipe_is_named(world, tmp_path):
+    import shutil
+
+    from competition.train.recipe import load_recipe, parse_recipe
+    from competition.train.refit import refit_recipe, refit_source
+
+    clone = tmp_path / "models"  # what git holds: the ensemble file, configs and logs, no weights
+    shutil.copytree(world["models"] / "rt", clone / "rt", ignore=shutil.ignore_patterns("*.pt", "oof.npz", "engine"))
+    recipe = load_recipe(world["recipe"])
+    source = refit_source(clone, recipe)
+    assert [m.key for m in refit_recipe(recipe, source).members] == ["all/a", "histology/h-ft"]
+    data = tomllib.loads(RECIPE)
+    data["defaults"]["epochs"] = 2
+    with pytest.raises(UserError, match=r"member all/a .* other settings than recipe 'rt' now gives \(epochs\)"):
+        refit_recipe(parse_recipe(data, name="rt"), source)

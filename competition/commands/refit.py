@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"not finished: {', '.join(left) or 'a member failed'}; rerun to continue "
               f"({args.models / refit.name}/{source.path.name} is written once every member is done)")
         return status
-    ensemble = write_refit(source, refit, args.models)
+    ensemble = write_refit(source, refit, {m.key: recipe.member(m.key).fold for m in refit.members}, args.models)
     for line in ensemble.describe():
         print(f"ensemble {line}")
     print(f"wrote {ensemble.path} (post-processing and calibration of {source.path}); "

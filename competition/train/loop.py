@@ -373,17 +373,17 @@ def split_member_data(member: Member, data: Sequence[TrainImage]
     return [s for s in mine if s.fold != member.fold], [s for s in mine if s.fold == member.fold]
 
 
-def _same_member(old: Mapping | None, new: Mapping) -> bool:
+def same_member(old: Mapping | None, new: Mapping) -> bool:
     """The member config of a run to resume matches: keys added to :class:`Member` since the
     old run count as equal when the new config leaves them at their default."""
     if old is None:
         return False
-    defaults = _member_json(Member(type=str(new.get("type", "all")), name=str(new.get("name", "x"))))
+    defaults = member_json(Member(type=str(new.get("type", "all")), name=str(new.get("name", "x"))))
     filled = {**{k: v for k, v in new.items() if k not in old and v == defaults.get(k)}, **old}
     return filled == dict(new)
 
 
-def _member_json(member: Member) -> dict:
+def member_json(member: Member) -> dict:
     return json.loads(json.dumps(member.to_dict()))
 
 
@@ -490,7 +490,7 @@ def _fit(
         "train_types": sorted({s.type for s in train}),
         "samples_per_epoch": n_per_epoch, "steps_per_epoch": steps, "total_steps": total_steps,
         "world_size": info.world, "device": device.type,
-        "init_from": member.init_from, "member": _member_json(member),
+        "init_from": member.init_from, "member": member_json(member),
         "git_commit": git_commit(), "code_hash": source_hash(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -502,7 +502,7 @@ def _fit(
     }
     if (out_dir / "config.json").is_file() and (out_dir / "last.pt").is_file():
         old = json.loads((out_dir / "config.json").read_text())
-        if not _same_member(old.get("member"), config["member"]) or old.get("channels") != config["channels"]:
+        if not same_member(old.get("member"), config["member"]) or old.get("channels") != config["channels"]:
             raise UserError(f"{out_dir}: started with a different member config; delete the "
                             "folder to retrain, or restore the recipe")
         if old.get("compute_precision", config["compute_precision"]) != config["compute_precision"]:

@@ -25,7 +25,7 @@ import json
 import logging
 from pathlib import Path
 
-from competition.ensemble import ENSEMBLE_FILE, Ensemble, load_ensemble, read_ensemble, recipe_dir, write_ensemble
+from competition.ensemble import ENSEMBLE_FILE, Ensemble, read_ensemble, recipe_dir, write_ensemble
 from competition.errors import UserError
 from competition.train.recipe import REFIT_FOLD, Recipe
 
@@ -46,9 +46,12 @@ def refit_recipe(recipe: Recipe, ensemble: Ensemble, name: str | None = None) ->
 
     Raises:
         UserError: the ensemble is a refit itself, it routes to a member the recipe does not
-            define, or two of the members differ only in their fold (their refits would be
-            one network twice).
+            define, a member's ``config.json`` records other settings than the recipe now
+            gives (the tuned post-processing belongs to those), or two of the members differ
+            only in their fold (their refits would be one network twice).
     """
+    from competition.train.loop import member_json, same_member
+
     if ensemble.refit is not None:
         raise UserError(f"{ensemble.path} is a refit already (of {ensemble.refit.get('of')}); "
                         "refit the ensemble it came from")
@@ -63,6 +66,14 @@ def refit_recipe(recipe: Recipe, ensemble: Ensemble, name: str | None = None) ->
             raise UserError(f"{ensemble.path} routes to member {key}, which recipe {recipe.name!r} does not "
                             f"define ({', '.join(m.key for m in recipe.members)}): a refit trains each member "
                             "from its recipe settings") from None
+        config = ensemble.member_folder(key) / "config.json"
+        if config.is_file():
+            trained = json.loads(config.read_text()).get("member")
+            if not same_member(trained, member_json(member)):
+                changed = sorted(k for k, v in member_json(member).items() if (trained or {}).get(k, v) != v)
+                raise UserError(f"member {key} of {ensemble.path} was trained with other settings than recipe "
+                                f"{recipe.name!r} now gives ({', '.join(changed) or 'see its config.json'}): the "
+                                "tuned post-processing belongs to those; restore the recipe, or retrain and retune")
         needed.add(key)
         if member.init_from:
             add(member.init_from)
@@ -83,11 +94,11 @@ def refit_recipe(recipe: Recipe, ensemble: Ensemble, name: str | None = None) ->
                   channels=recipe.channels, members=tuple(members))
 
 
-def write_refit(source: Ensemble, refit: Recipe, models_dir: str | Path) -> Ensemble:
+def write_refit(source: Ensemble, refit: Recipe, source_folds: dict[str, int], models_dir: str | Path) -> Ensemble:
     """Write the refit's ``ensemble.json`` (the source's, with a ``refit`` record) and its
     copies of the source's holdout calibration files into ``models_dir/<refit name>``.
 
-    Calibration copies keep the source's rows (scores of members that had not seen the
+    ``source_folds``: each refit member's fold in the source recipe. Calibration copies keep the source's rows (scores of members that had not seen the
     holdout fold); their key names the refit's recipe, and ``refit_of`` names the source.
     """
     from competition.csvio import atomic_write
@@ -95,10 +106,7 @@ def write_refit(source: Ensemble, refit: Recipe, models_dir: str | Path) -> Ense
     from competition.leaderboard import file_hash
 
     root = recipe_dir(models_dir, refit.name)
-    folds = {}
-    for key in source.member_keys():
-        config = json.loads((source.member_folder(key) / "config.json").read_text())
-        folds[key] = config.get("fold")
+    folds = {m.key: source_folds[m.key] for m in refit.members}
     record = {
         "of": str(source.path),
         "sha256": file_hash(source.path),
@@ -120,12 +128,13 @@ def write_refit(source: Ensemble, refit: Recipe, models_dir: str | Path) -> Ense
 
 
 def refit_source(models_dir: str | Path, recipe: Recipe) -> Ensemble:
-    """The recipe's tuned ensemble, which a refit copies (not built when missing)."""
+    """The recipe's tuned ensemble, which a refit copies (not built when missing). Its members'
+    weights need not be there: a clone holds the committed ensemble file and configs only."""
     path = recipe_dir(models_dir, recipe.name) / ENSEMBLE_FILE
     if not path.is_file():
         raise UserError(f"no {path}: train and tune the recipe first (make train-all tune RECIPE={recipe.name}); "
                         "a refit repeats the members its tuned ensemble kept")
-    ensemble = load_ensemble(models_dir, recipe.name, create=False)
+    ensemble = read_ensemble(path, members_on_disk=False)
     if not any(e.tuning for e in ensemble.entries.values()):
         log.warning("%s is not tuned: the refit takes its default post-processing (make tune RECIPE=%s first)",
                     path, recipe.name)
