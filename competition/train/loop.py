@@ -619,7 +619,10 @@ def _fit(
         if done:
             with atomic_write(out_dir / "done") as fh:
                 fh.write(f"{member.key} finished {len(history)} epochs\n")
-            log.info("%s: done; best score %.4f at epoch %d", member.key, best_score, best_epoch)
+            if valid:
+                log.info("%s: done; best score %.4f at epoch %d", member.key, best_score, best_epoch)
+            else:
+                log.info("%s: done; no validation, best.pt is epoch %d", member.key, best_epoch)
         else:
             log.info("%s: stopped after epoch %d of %d (resumable)", member.key, len(history),
                      member.epochs)
