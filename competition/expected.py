@@ -39,17 +39,19 @@ METHOD = ("mean over test images of the condition-out holdout score predicted, p
 MIN_PER_TYPE = 5
 
 
-def write_calibration(path: str | Path, rows: Sequence[Mapping[str, Any]], *, key: Mapping[str, Any]) -> Path:
+def write_calibration(path: str | Path, rows: Sequence[Mapping[str, Any]], *, key: Mapping[str, Any],
+                      extra: Mapping[str, Any] | None = None) -> Path:
     """Write a calibration file atomically.
 
     Args:
         rows: one per holdout image: ``image_id``, ``type``, ``score``, ``distance``.
         key: what makes a submission "the same" (members, post-processing, TTA, size passes):
             :func:`expected_score` refuses a calibration whose key differs.
+        extra: more top-level fields to record (a refit's copy names its source).
     """
     path = Path(path)
     with atomic_write(path, overwrite=True) as fh:
-        json.dump({"key": dict(key), "rows": [dict(r) for r in rows]}, fh, indent=1)
+        json.dump({"key": dict(key), "rows": [dict(r) for r in rows], **(extra or {})}, fh, indent=1)
         fh.write("\n")
     return path
 

@@ -119,6 +119,14 @@ def resize_image(image: np.ndarray, s: float) -> np.ndarray:
     return cv2.resize(image, (nw, nh), interpolation=interp)
 
 
+def resize_label(label: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an H×W label image to ``height`` × ``width`` by nearest neighbour, pixel centres
+    aligned as :func:`resize_image` aligns them."""
+    rows = np.minimum(((np.arange(height) + 0.5) * label.shape[0] / height).astype(np.intp), label.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * label.shape[1] / width).astype(np.intp), label.shape[1] - 1)
+    return label[np.ix_(rows, cols)]
+
+
 def resize_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize C×h×w probabilities (or logits) to C×height×width, bilinear per channel.
 

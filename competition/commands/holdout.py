@@ -35,16 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 MIN_HOLDOUT_SCALE, MAX_HOLDOUT_SCALE = 0.25, 4.0
 
 
-def resize_label(label, height: int, width: int):
-    """Resize an H×W label image to ``height`` × ``width`` by nearest neighbour, pixel centres
-    aligned as :func:`competition.scale.resize_image` aligns them."""
-    import numpy as np
-
-    rows = np.minimum(((np.arange(height) + 0.5) * label.shape[0] / height).astype(np.intp), label.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * label.shape[1] / width).astype(np.intp), label.shape[1] - 1)
-    return label[np.ix_(rows, cols)]
-
-
 def run(args: argparse.Namespace) -> int:
     import shutil
 
@@ -81,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from PIL import Image
 
-        from competition.scale import resize_image
+        from competition.scale import resize_image, resize_label
 
         for s in samples:
             image = resize_image(s.image, args.scale)

@@ -25,11 +25,12 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     source = refit_source(args.models, recipe)
     refit = refit_recipe(recipe, source)
-    if ddp.from_env().is_main:
+    main = ddp.from_env().is_main
+    if main:
         print(f"refit of {source.path}: {', '.join(m.key for m in refit.members)} on every training image "
               f"-> {args.models / refit.name}")
     status = run_training(args, recipe=refit)
-    if not ddp.from_env().is_main:
+    if not main:
         return status
     left = unfinished(refit, args.models)
     if status or left:

@@ -40,7 +40,7 @@ def refit_name(recipe_name: str) -> str:
     return f"{recipe_name}-refit"
 
 
-def refit_recipe(recipe: Recipe, ensemble: Ensemble, name: str | None = None) -> Recipe:
+def refit_recipe(recipe: Recipe, ensemble: Ensemble) -> Recipe:
     """The recipe of the refit: the members ``ensemble`` routes to and their ``init_from``
     parents, in the recipe's order, each with ``fold = -1``.
 
@@ -68,9 +68,9 @@ def refit_recipe(recipe: Recipe, ensemble: Ensemble, name: str | None = None) ->
                             "from its recipe settings") from None
         config = ensemble.member_folder(key) / "config.json"
         if config.is_file():
-            trained = json.loads(config.read_text()).get("member")
-            if not same_member(trained, member_json(member)):
-                changed = sorted(k for k, v in member_json(member).items() if (trained or {}).get(k, v) != v)
+            trained, wanted = json.loads(config.read_text()).get("member"), member_json(member)
+            if not same_member(trained, wanted):
+                changed = sorted(k for k, v in wanted.items() if (trained or {}).get(k, v) != v)
                 raise UserError(f"member {key} of {ensemble.path} was trained with other settings than recipe "
                                 f"{recipe.name!r} now gives ({', '.join(changed) or 'see its config.json'}): the "
                                 "tuned post-processing belongs to those; restore the recipe, or retrain and retune")
@@ -80,16 +80,17 @@ def refit_recipe(recipe: Recipe, ensemble: Ensemble, name: str | None = None) ->
 
     for key in ensemble.routed_member_keys():
         add(key)
-    members = [dataclasses.replace(m, fold=REFIT_FOLD) for m in recipe.members if m.key in needed]
+    sources = [m for m in recipe.members if m.key in needed]
+    members = [dataclasses.replace(m, fold=REFIT_FOLD) for m in sources]
     seen: dict[tuple, str] = {}
-    for source, member in zip((m for m in recipe.members if m.key in needed), members):
+    for source, member in zip(sources, members):
         settings = tuple(sorted((k, repr(v)) for k, v in dataclasses.asdict(member).items()
                                 if k not in ("name", "init_from")))
         if settings in seen:
             raise UserError(f"members {seen[settings]} and {source.key} of {ensemble.path} differ only in their "
                             "fold: refit on every image they would be the same network; keep one of them")
         seen[settings] = source.key
-    return Recipe(name=name or refit_name(recipe.name), path=recipe.path,
+    return Recipe(name=refit_name(recipe.name), path=recipe.path,
                   description=f"refit of {recipe.name} on every training image: {recipe.description}",
                   channels=recipe.channels, members=tuple(members))
 
@@ -98,11 +99,11 @@ def write_refit(source: Ensemble, refit: Recipe, source_folds: dict[str, int], m
     """Write the refit's ``ensemble.json`` (the source's, with a ``refit`` record) and its
     copies of the source's holdout calibration files into ``models_dir/<refit name>``.
 
-    ``source_folds``: each refit member's fold in the source recipe. Calibration copies keep the source's rows (scores of members that had not seen the
-    holdout fold); their key names the refit's recipe, and ``refit_of`` names the source.
+    ``source_folds``: each refit member's fold in the source recipe. Calibration copies keep
+    the source's rows (scores of members that had not seen the holdout fold); their key names
+    the refit's recipe, and ``refit_of`` names the source.
     """
-    from competition.csvio import atomic_write
-    from competition.expected import read_calibration
+    from competition.expected import read_calibration, write_calibration
     from competition.leaderboard import file_hash
 
     root = recipe_dir(models_dir, refit.name)
@@ -120,10 +121,8 @@ def write_refit(source: Ensemble, refit: Recipe, source_folds: dict[str, int], m
     write_ensemble(ensemble)
     for path in sorted(source.root.glob(CALIBRATION_GLOB)):
         calibration = read_calibration(path)
-        copied = {**calibration, "key": {**calibration.get("key", {}), "recipe": refit.name}, "refit_of": str(path)}
-        with atomic_write(root / path.name, overwrite=True) as handle:
-            json.dump(copied, handle, indent=1)
-            handle.write("\n")
+        write_calibration(root / path.name, calibration["rows"], key={**calibration.get("key", {}), "recipe": refit.name},
+                          extra={"refit_of": str(path)})
     return read_ensemble(root / ENSEMBLE_FILE)
 
 
