@@ -206,6 +206,19 @@ def test_resume_after_epoch_one_matches_an_uninterrupted_run(trained, data, tmp_
     assert same_weights(weights(out / "best.pt"), weights(out_full / "best.pt"))
 
 
+def test_a_member_without_validation_logs_its_best_epoch_on_resume_and_at_the_end(data, tmp_path, caplog):
+    from competition.train.recipe import REFIT_FOLD
+
+    out = tmp_path / "m"
+    fit(member(fold=REFIT_FOLD), data, out, "cpu", channels=CHANNELS, stop_after=1)
+    with caplog.at_level(logging.INFO):
+        fit(member(fold=REFIT_FOLD), data, out, "cpu", channels=CHANNELS)
+    assert "resuming after epoch 1 of 2 (no validation, best.pt is epoch 1)" in caplog.text
+    assert "done; no validation, best.pt is epoch 2" in caplog.text
+    assert "nan" not in caplog.text
+    assert torch.load(out / "best.pt", map_location="cpu", weights_only=True)["epoch"] == 2
+
+
 def test_training_is_deterministic_on_cpu(trained, data, tmp_path):
     out_full, _ = trained
     fit(member(), data, tmp_path / "again", "cpu", channels=CHANNELS)

@@ -541,8 +541,9 @@ def _fit(
         scaler.load_state_dict(ck["scaler"])
         start, best_score, best_epoch = ck["epoch"], ck["best_score"], ck["best_epoch"]
         history = list(ck["history"])
-        log.info("%s: resuming after epoch %d of %d (best score %.4f at epoch %d)", member.key,
-                 start, member.epochs, best_score, best_epoch)
+        kept = (f"best score {best_score:.4f} at epoch {best_epoch}" if valid
+                else f"no validation, best.pt is epoch {best_epoch}")
+        log.info("%s: resuming after epoch %d of %d (%s)", member.key, start, member.epochs, kept)
     if info.is_main:
         write_json(out_dir / "config.json", config)
         from competition.train.plots import plot_lr
