@@ -10,6 +10,8 @@ SETUP := $(VENV)/.setup-stamp
 DATA_DIR ?= data/dsb2018
 RECIPE ?= cpu
 STAGE ?= stage1
+# `make adapt`: the split the labels file labels (a folder of DATA_DIR, or a path)
+SPLIT ?= $(STAGE)_test
 GPUS ?= 0
 BUILD ?= build
 MODELS ?= models
@@ -73,7 +75,7 @@ TYPES ?=
 PYTEST_ARGS ?=
 
 .PHONY: help setup test bench data types folds synth score validate leaderboard \
-	train-all train-one refit tune submit holdout report demo clean-venv
+	train-all train-one refit adapt tune submit holdout report demo clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -128,6 +130,10 @@ train-one: $(SETUP)  ## train one member: make train-one MEMBER=type/name RECIPE
 
 refit: $(SETUP)  ## train RECIPE's tuned members again on every training image into MODELS/RECIPE-refit (then make submit RECIPE=RECIPE-refit)
 	$(LAUNCH) refit --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
+
+adapt: $(SETUP)  ## fine-tune RECIPE's routed members on SPLIT (stage1_test) labelled by LABELS (a submission CSV of it) into MODELS/RECIPE-adapt
+	@test -n "$(LABELS)" || { echo "usage: make adapt RECIPE=cpu-refit LABELS=submissions/stage1_test-cpu.csv [SPLIT=stage1_test]"; exit 2; }
+	$(PYTHON) -m competition adapt --recipe $(RECIPE) --labels $(LABELS) --split $(SPLIT) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
 
 tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE (cross-fitted over conditions)
 	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)" --size-units $(SIZE_UNITS)

@@ -26,7 +26,9 @@ so that they scale with each image's resize factor
 image's own pixels, as files tuned before 2026-12-05 hold them. ``refit`` (top level, written by
 ``competition refit``): the ensemble's members are refits, on every training image, of the
 members of the tuned ensemble it names (its post-processing and tuning records are that
-ensemble's). ``postprocess`` holds the
+ensemble's). ``adapt`` (top level, written by ``competition adapt``): the members are
+fine-tunes of the named ensemble's members on their training images plus images labelled by
+a submission of them (:mod:`competition.train.adapt`). ``postprocess`` holds the
 :class:`~competition.postprocess.PostprocessParams` tuned for that image type (by
 ``python -m competition tune``); ``tuning`` records how (scores before and after, images,
 members). The file is built from the finished member folders when it is absent
@@ -69,7 +71,7 @@ ENSEMBLE_FILE = "ensemble.json"
 #: (:data:`competition.data.types.IMAGE_TYPES`).
 ENTRY_NAMES = ("all", "fluorescence", "histology", "brightfield")
 IMAGE_TYPES = ENTRY_NAMES[1:]
-_TOP_KEYS = ("recipe", "types", "comment", "refit")
+_TOP_KEYS = ("recipe", "types", "comment", "refit", "adapt")
 _ENTRY_KEYS = ("members", "postprocess", "tuning", "colour_views", "size_units")
 #: what an entry's pixel counts count: the image's pixels or the network input's
 SIZE_UNITS = ("image", "network")
@@ -133,6 +135,9 @@ class Ensemble:
             members were refit from (``of``, ``sha256``) and each member's fold there; None
             otherwise. Its members trained on every image, so they have no out-of-fold maps
             and no holdout of their own.
+        adapt: for an ensemble adapted to pseudo-labelled images (``competition adapt``): the
+            ensemble it came from (``of``), the labels file and its SHA-256, the split and the
+            fine-tune settings; None otherwise.
     """
 
     recipe: str
@@ -140,6 +145,7 @@ class Ensemble:
     entries: Mapping[str, TypeEntry]
     comment: str = ""
     refit: dict | None = None
+    adapt: dict | None = None
 
     @property
     def path(self) -> Path:
@@ -243,6 +249,8 @@ class Ensemble:
         out["types"] = {name: self.entries[name].to_dict() for name in ENTRY_NAMES}
         if self.refit is not None:
             out["refit"] = self.refit
+        if self.adapt is not None:
+            out["adapt"] = self.adapt
         return out
 
     def describe(self) -> list[str]:
@@ -420,7 +428,11 @@ def parse_ensemble(data: Any, root: str | Path, *, where: str = "ensemble", memb
     refit = data.get("refit")
     if refit is not None and not (isinstance(refit, dict) and isinstance(refit.get("of"), str)):
         raise UserError(f"{where}: refit must be an object naming the ensemble refit from ('of')")
-    ensemble = Ensemble(recipe, root, entries, comment=str(data.get("comment", "")), refit=refit)
+    adapt = data.get("adapt")
+    if adapt is not None and not (isinstance(adapt, dict) and isinstance(adapt.get("of"), str)
+                                  and isinstance(adapt.get("labels"), str)):
+        raise UserError(f"{where}: adapt must be an object naming the ensemble adapted ('of') and its labels")
+    ensemble = Ensemble(recipe, root, entries, comment=str(data.get("comment", "")), refit=refit, adapt=adapt)
     _check_routable(ensemble)
     return ensemble
 

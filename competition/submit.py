@@ -563,6 +563,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "ensemble": ensemble.to_dict()["types"],
         "members": ensemble.routed_member_keys(),
         "refit": ensemble.refit,
+        "adapt": ensemble.adapt,
         "postprocess": {t: {"params": ensemble.params_for(t)[0].to_dict(), "source": ensemble.params_for(t)[1]}
                         for t in ("fluorescence", "histology", "brightfield")},
         "local_cv": cv,

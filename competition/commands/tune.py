@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if ensemble.refit is not None:
         raise UserError(f"{ensemble.path} is a refit of {ensemble.refit['of']}: its members trained on every "
                         "image, so they have no out-of-fold maps; tune that ensemble, then rerun `make refit`")
+    if ensemble.adapt is not None:
+        raise UserError(f"{ensemble.path} is {ensemble.adapt['of']} adapted to pseudo-labels, with that ensemble's "
+                        "post-processing: tune that ensemble, then rerun `make adapt`")
     for line in ensemble.describe():
         print(f"ensemble {line}")
     conditions = None

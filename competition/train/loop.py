@@ -422,6 +422,7 @@ def _fit(
     stop_after: int | None = None,
     info: ddp.DistInfo = ddp.DistInfo(),
     loss_fn: Callable | None = None,
+    records: Mapping | None = None,
 ) -> dict | None:
     """Train one member into ``out_dir``, resuming from ``last.pt``; skip it when done.
 
@@ -438,6 +439,8 @@ def _fit(
             ``member.epochs``, so a later run resumes exactly); the member is not marked done.
         info: DDP rank info; only rank 0 validates and writes.
         loss_fn: override the loss (tests); default :class:`MaskedLoss`.
+        records: more top-level ``config.json`` fields that say what the member trained on
+            (``competition adapt``: its pseudo-labels); a run to resume must have the same.
 
     Returns:
         the ``metrics.json`` dict, or None when the member had no training images.
@@ -449,6 +452,12 @@ def _fit(
     out_dir = Path(out_dir)
     device = torch.device(device)
     channels = tuple(channels)
+    if records and (out_dir / "config.json").is_file():
+        old = json.loads((out_dir / "config.json").read_text())
+        changed = sorted(k for k in records if old.get(k) != json.loads(json.dumps(records[k])))
+        if changed:
+            raise UserError(f"{out_dir}: trained with other {', '.join(changed)} ({old.get(changed[0])}); "
+                            "delete the folder to train again with these")
     if (out_dir / "done").is_file():
         log.info("%s: finished earlier (%s/done); skipped", member.key, out_dir)
         return json.loads((out_dir / "metrics.json").read_text())
@@ -499,6 +508,7 @@ def _fit(
         # bfloat16 hardware, see competition.network.compute_precision).
         "compute_precision": compute_precision(device, member.precision),
         "valid_loss": "whole validation images, no mask, same forward pass as the score",
+        **(records or {}),
     }
     if (out_dir / "config.json").is_file() and (out_dir / "last.pt").is_file():
         old = json.loads((out_dir / "config.json").read_text())

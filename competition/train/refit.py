@@ -103,26 +103,34 @@ def write_refit(source: Ensemble, refit: Recipe, source_folds: dict[str, int], m
     the source's rows (scores of members that had not seen the holdout fold); their key names
     the refit's recipe, and ``refit_of`` names the source.
     """
-    from competition.expected import read_calibration, write_calibration
     from competition.leaderboard import file_hash
 
-    root = recipe_dir(models_dir, refit.name)
-    folds = {m.key: source_folds[m.key] for m in refit.members}
     record = {
         "of": str(source.path),
         "sha256": file_hash(source.path),
-        "source_folds": folds,
+        "source_folds": {m.key: source_folds[m.key] for m in refit.members},
         "note": ("members trained on every training image (fold -1) with the source members' settings; "
                  "post-processing, routing and calibration are the source's, measured on its held-out fold"),
     }
-    ensemble = dataclasses.replace(source, recipe=refit.name, root=root, refit=record,
-                                   comment=f"refit of {source.recipe}: written by `competition refit`; "
-                                           "edit the source and rerun refit instead of this file")
-    write_ensemble(ensemble)
+    return write_derived(source, refit.name, models_dir, refit=record,
+                         comment=f"refit of {source.recipe}: written by `competition refit`; "
+                                 "edit the source and rerun refit instead of this file")
+
+
+def write_derived(source: Ensemble, name: str, models_dir: str | Path, *, comment: str, **record) -> Ensemble:
+    """Write ``source``'s ensemble file as recipe ``name`` into ``models_dir/<name>`` with one
+    more top-level record (``refit=`` or ``adapt=``), and copies of the source's holdout
+    calibration files (their key renamed, ``<record>_of`` naming the copied file); return it
+    read back (which checks that the member folders are there)."""
+    from competition.expected import read_calibration, write_calibration
+
+    (kind, value), = record.items()
+    root = recipe_dir(models_dir, name)
+    write_ensemble(dataclasses.replace(source, recipe=name, root=root, comment=comment, **{kind: value}))
     for path in sorted(source.root.glob(CALIBRATION_GLOB)):
         calibration = read_calibration(path)
-        write_calibration(root / path.name, calibration["rows"], key={**calibration.get("key", {}), "recipe": refit.name},
-                          extra={"refit_of": str(path)})
+        write_calibration(root / path.name, calibration["rows"], key={**calibration.get("key", {}), "recipe": name},
+                          extra={f"{kind}_of": str(path)})
     return read_ensemble(root / ENSEMBLE_FILE)
 
 
@@ -146,4 +154,4 @@ def unfinished(refit: Recipe, models_dir: str | Path) -> list[str]:
     return [m.key for m in refit.members if not (root / m.key / "done").is_file()]
 
 
-__all__ = ["refit_name", "refit_recipe", "write_refit", "refit_source", "unfinished"]
+__all__ = ["refit_name", "refit_recipe", "write_refit", "write_derived", "refit_source", "unfinished"]
