@@ -13,40 +13,14 @@ import numpy as np
 import pytest
 
 from competition.errors import UserError
+from derived_world import DEFAULTS, cli, submit_args
 
 RECIPE = """
 description = "adapt test: one all-type member"
-[defaults]
-arch = "Unet"
-encoder = "mobilenet_v2"
-encoder_weights = "none"
-crop_size = 64
-pad = 16
-batch_size = 4
-epochs = 1
-samples_per_epoch = 8
-optimizer = "adamw"
-lr = 3e-3
-min_lr = 1e-4
-schedule = "cosine"
-augment = "light"
-fold = 0
-seed = 0
-
+""" + DEFAULTS + """
 [[all]]
 name = "a"
 """
-
-
-def cli(*args) -> int:
-    from competition.cli import main
-
-    return main([str(a) for a in args])
-
-
-def submit_args(world, recipe: str, out: Path) -> list:
-    return ["submit", "--recipe", recipe, "--models", world["models"], "--data", world["data"], "--stage", "stage1",
-            "--tta", "none", "--engine", "torch", "--device", "cpu", "--cache-dir", "", "--out-dir", out]
 
 
 def adapt_args(world, labels: Path, *more) -> list:

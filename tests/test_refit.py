@@ -12,26 +12,11 @@ from pathlib import Path
 import pytest
 
 from competition.errors import UserError
+from derived_world import DEFAULTS, cli, submit_args
 
 RECIPE = """
 description = "refit test: one all-type member, a fine-tune from it, one member tuning dropped"
-[defaults]
-arch = "Unet"
-encoder = "mobilenet_v2"
-encoder_weights = "none"
-crop_size = 64
-pad = 16
-batch_size = 4
-epochs = 1
-samples_per_epoch = 8
-optimizer = "adamw"
-lr = 3e-3
-min_lr = 1e-4
-schedule = "cosine"
-augment = "light"
-fold = 0
-seed = 0
-
+""" + DEFAULTS + """
 [[all]]
 name = "a"
 
@@ -42,17 +27,6 @@ init_from = "all/a"
 [[fluorescence]]
 name = "f"
 """
-
-
-def cli(*args) -> int:
-    from competition.cli import main
-
-    return main([str(a) for a in args])
-
-
-def submit_args(world, recipe: str, out: Path) -> list:
-    return ["submit", "--recipe", recipe, "--models", world["models"], "--data", world["data"], "--stage", "stage1",
-            "--tta", "none", "--engine", "torch", "--device", "cpu", "--cache-dir", "", "--out-dir", out]
 
 
 @pytest.fixture(scope="module")
