@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     split = Path(args.split) if Path(args.split).is_dir() else Path(args.data) / args.split
     pseudo = load_pseudo_images(split, args.labels)
     record = adapt_record(args.labels, split, settings, pseudo)
-    print(f"adapt {source.path}: {', '.join(m.key for m, _ in members)} fine-tuned on their training images plus "
+    print(f"adapt {source.path}: {', '.join(m.key for m, _, _ in members)} fine-tuned on their training images plus "
           f"{record['n_images']} images of {split} labelled by {args.labels} ({record['n_objects']} objects) "
           f"-> {args.models / name}")
     device = configure_device(args.device)
@@ -69,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
     data = load_training_images(args.data, folds_path=args.folds, types_path=args.types, cache_dir=cache)
     labelled = {im.image_id.removeprefix(PSEUDO_PREFIX) for im in pseudo}
     status = 0
-    for member, parent in members:
+    for member, parent, channels in members:
         overlap = sorted(im.image_id for im in data if im.fold != member.fold and im.image_id in labelled)
         if overlap:
             raise UserError(f"{overlap[0]} and {len(overlap) - 1} more of {split} are training images of {member.key} "
                             f"(fold {member.fold} holds out others): its true labels would meet its pseudo-labels")
         try:
-            fit(member, data + pseudo, member_dir(args.models, name, member), device, channels=source_channels(parent),
+            fit(member, data + pseudo, member_dir(args.models, name, member), device, channels=channels,
                 recipe_name=name, data_dir=str(args.data), folds_path=str(args.folds), init_dir=parent,
                 stop_after=args.max_epochs, records={"adapt": {**record, "of": str(parent)}})
         except TrainingDiverged as exc:
@@ -93,8 +93,3 @@ def run(args: argparse.Namespace) -> int:
           f"{source.path}); predict with: make submit RECIPE={name}")
     return 0
 
-
-def source_channels(folder: Path) -> tuple[str, ...]:
-    import json
-
-    return tuple(json.loads((folder / "config.json").read_text())["channels"])

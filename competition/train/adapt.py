@@ -92,10 +92,10 @@ def load_pseudo_images(split_dir: str | Path, labels: str | Path) -> list:
     return out
 
 
-def adapt_members(source: Ensemble, settings: AdaptSettings) -> list[tuple[Member, Path]]:
+def adapt_members(source: Ensemble, settings: AdaptSettings) -> list[tuple[Member, Path, tuple[str, ...]]]:
     """The fine-tunes: for each member ``source`` routes to, its settings as trained (its
     ``config.json``) with the adapt schedule, starting from its ``best.pt``; paired with the
-    source member's folder.
+    source member's folder and its output channels (both from one read of its ``config.json``).
 
     Raises:
         UserError: ``source`` is adapted already, or a routed member has no ``best.pt`` or
@@ -110,12 +110,13 @@ def adapt_members(source: Ensemble, settings: AdaptSettings) -> list[tuple[Membe
         if not (folder / "best.pt").is_file() or not (folder / "config.json").is_file():
             raise UserError(f"{folder} has no best.pt and config.json: train the members of {source.path} first "
                             f"(make train-all, or make refit for a refit)")
-        trained = member_from_dict(json.loads((folder / "config.json").read_text())["member"])
+        config = json.loads((folder / "config.json").read_text())
+        trained = member_from_dict(config["member"])
         member = dataclasses.replace(trained, init_from=key, epochs=settings.epochs,
                                      samples_per_epoch=settings.samples_per_epoch, lr=settings.lr,
                                      min_lr=settings.min_lr, schedule="cosine", freeze_encoder_epochs=0,
                                      valid_every=settings.epochs)
-        out.append((member, folder))
+        out.append((member, folder, tuple(config["channels"])))
     return out
 
 
@@ -138,9 +139,9 @@ def write_adapt(source: Ensemble, name: str, record: dict, models_dir: str | Pat
                                  "edit the source and rerun adapt instead of this file")
 
 
-def unfinished(members: list[tuple[Member, Path]], name: str, models_dir: str | Path) -> list[str]:
+def unfinished(members: list[tuple[Member, Path, tuple[str, ...]]], name: str, models_dir: str | Path) -> list[str]:
     root = recipe_dir(models_dir, name)
-    return [m.key for m, _ in members if not (root / m.key / "done").is_file()]
+    return [m.key for m, _, _ in members if not (root / m.key / "done").is_file()]
 
 
 def read_source(models_dir: str | Path, recipe: str) -> Ensemble:
