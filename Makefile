@@ -95,7 +95,7 @@ test: $(SETUP)  ## run the test suite
 bench: $(SETUP)  ## speed figures: metric and RLE against naive references; inference of RECIPE when trained
 	$(PYTHON) -m competition bench --data $(DATA_DIR)
 	@if ls $(MODELS)/$(RECIPE)/*/*/best.pt >/dev/null 2>&1; then \
-		$(PYTHON) -m competition.bench_inference --models $(MODELS) --recipe $(RECIPE) --data $(DATA_DIR) --engine $(ENGINE) $(RESIZING); \
+		$(PYTHON) -m competition.bench_inference --models $(MODELS) --recipe $(RECIPE) --data $(DATA_DIR) --engine $(ENGINE) --size-passes $(SIZE_PASSES) $(RESIZING); \
 	else echo "no trained $(MODELS)/$(RECIPE): train it (make train-all RECIPE=$(RECIPE)) for the inference figures"; fi
 
 data: $(SETUP)  ## download and unpack the competition into DATA_DIR (needs Kaggle credentials)

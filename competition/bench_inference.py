@@ -493,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-every", type=int, default=8, metavar="K",
                         help="time the reference on every K-th stage-2-like image")
     parser.add_argument("--no-peak-memory", action="store_true", help="skip the peak-memory run")
+    parser.add_argument("--size-passes", type=int,
+                        help="size passes of the timed runs, as submit's --size-passes (default: the predictor's, 2); "
+                             "the reference keeps today's")
     add_sizing_arguments(parser)
     add_tiling_arguments(parser)
     parser.add_argument("--_one-image", dest="one_image", help=argparse.SUPPRESS)
@@ -505,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sizing = sizing_from_args(args)
+    if args.size_passes is not None:  # a predictor keyword like the sizing ones (and passed on to --_one-image)
+        sizing["size_passes"] = args.size_passes
     try:
         if args.one_image:
             height, width = (int(v) for v in args.one_image.split("x"))

@@ -579,6 +579,36 @@ def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_setting
     assert all(p.rescale_tolerance == 0.0 for p in refs), "the reference keeps no pass's factors but exact ones"
 
 
+def test_bench_size_passes_reach_the_timed_runs_and_not_the_reference(world, monkeypatch):
+    from competition import bench_inference as B
+
+    passes = {}
+    real = B._predictor
+
+    def recording(*args, **kw):
+        predictor = real(*args, **kw)
+        role = "reference" if kw.get("sizing") is B.REFERENCE_SIZING else kw.get("engine")
+        passes.setdefault(role, set()).add(predictor.size_passes)
+        return predictor
+
+    monkeypatch.setattr(B, "_predictor", recording)
+    seen = {}
+
+    def record(*args, sizing=None, **kwargs):
+        seen["sizing"] = sizing
+        return []
+
+    monkeypatch.setattr(B, "bench_inference", record)
+    assert B.main(["--size-passes", "1", "--stage2-like", "0", "--no-peak-memory", "--no-reference"]) == 0
+    assert seen["sizing"] == {"size_passes": 1}
+    monkeypatch.undo()
+    monkeypatch.setattr(B, "_predictor", recording)
+    B.bench_inference(world["models"], "standin", world["data"], n_images=1, tta=("none",), device="cpu",
+                      loader=cached_loader, sizing=seen["sizing"])
+    assert passes.pop("reference") == {2}, "the reference keeps today's two size passes"
+    assert passes and all(p == {1} for p in passes.values())
+
+
 def test_stage2_like_images_follow_the_size_table_and_are_seeded():
     from competition.bench_inference import STAGE2_SHAPES, stage2_like
 
