@@ -90,6 +90,8 @@ class InferenceTiming:
             at IoU above 0.9 (the strictest thresholds' difference).
         unpartnered_objects: on those lines: its objects that no fast object overlaps
             at IoU above 0.5 (lost, split or merged: a difference at every threshold).
+        passes: the network's work per pass (:data:`competition.predict.ensemble.PASSES`):
+            (pass, seconds, megapixels through the network).
     """
 
     tta: str
@@ -106,6 +108,7 @@ class InferenceTiming:
     agreement: float | None = None
     reshaped_objects: int | None = None
     unpartnered_objects: int | None = None
+    passes: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def images_per_s(self) -> float:
@@ -120,10 +123,26 @@ class InferenceTiming:
             f"tiling/normalise/blend {share(other):4.1f}%, post-processing {share(self.postprocess_s):4.1f}%, "
             f"encoding {share(self.encode_s):4.1f}%; {self.n_objects} objects"
             + (f"; size passes {share(self.size_pass_s):4.1f}% of the time" if self.size_pass_s else "")
+            + (f"; network by pass: {passes_text(self.passes)}" if self.passes else "")
             + (f"; against the fast path: {self.changed_objects} of these objects not reproduced pixel for pixel, "
                f"{self.reshaped_objects} without a fast object at IoU > 0.9, {self.unpartnered_objects} without one at "
                f"IoU > 0.5; its score against them {self.agreement:.4f}" if self.changed_objects is not None else "")
         )
+
+
+def network_passes(predictor) -> tuple[tuple[str, float, float], ...]:
+    """(pass, seconds, megapixels) of the predictor's network work so far, in
+    :data:`~competition.predict.ensemble.PASSES` order."""
+    from competition.predict.ensemble import PASSES
+
+    stages = predictor.timings.network.stages
+    order = sorted(stages, key=lambda n: PASSES.index(n) if n in PASSES else len(PASSES))
+    return tuple((n, stages[n].seconds, stages[n].pixels / 1e6) for n in order)
+
+
+def passes_text(passes: tuple[tuple[str, float, float], ...]) -> str:
+    """``survey 4.7 s (11.5 MP), final ...``: where the network time went."""
+    return ", ".join(f"{name} {seconds:.1f} s ({mp:.1f} MP)" for name, seconds, mp in passes)
 
 
 #: The resizing of the reference (today's path when issue 11 was filed): every member's own
@@ -185,7 +204,7 @@ class _Clock:
     def timing(self, predictor, tta: str, label: str) -> InferenceTiming:
         return InferenceTiming(tta, len(self.per_image), sum(self.per_image), predictor.timings.network.seconds,
                                predictor.timings.predict, self.post, self.encode, self.n_objects,
-                               predictor.timings.size_estimate, label)
+                               predictor.timings.size_estimate, label, passes=network_passes(predictor))
 
 
 class ObjectChanges(NamedTuple):
@@ -342,6 +361,7 @@ class Stage2Report:
         engine: the engine(s) timed.
         tta: the TTA mode.
         largest: (height, width) of the largest image.
+        passes: the timed engine's network work per pass: (pass, seconds, megapixels).
     """
 
     n_images: int
@@ -353,6 +373,7 @@ class Stage2Report:
     engine: str
     tta: str
     largest: tuple[int, int]
+    passes: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def s_per_image(self) -> float:
@@ -376,7 +397,8 @@ class Stage2Report:
         return [
             f"stage-2-like {self.engine:<16} TTA {self.tta:<5} {self.n_images:4d} images ({self.megapixels:.1f} MP, "
             f"largest {self.largest[0]}x{self.largest[1]}): {self.total_s:7.1f} s, {self.s_per_image:.2f} s/image, "
-            f"{self.s_per_mp:.2f} s/MP; projected {STAGE2_IMAGES} images: {self.projected_min:.0f} min",
+            f"{self.s_per_mp:.2f} s/MP; projected {STAGE2_IMAGES} images: {self.projected_min:.0f} min"
+            + (f"; network by pass: {passes_text(self.passes)}" if self.passes else ""),
             f"stage-2-like reference torch fp32 on {self.n_reference} of them: {ref_per_image:.2f} s/image against "
             f"{fast_per_image:.2f} s/image: {self.ratio:.2f}x faster; reference projected {STAGE2_IMAGES} images: "
             f"{self.projected_min * self.ratio:.0f} min",
@@ -409,7 +431,7 @@ def bench_stage2(models_dir: str | Path, recipe: str, n_images: int = 100, *, ev
         if (i + 1) % 25 == 0:
             log.info("stage-2-like: %d/%d images, %.1f s", i + 1, n_images, sum(fast_clock.per_image))
     return Stage2Report(len(fast_clock.per_image), megapixels, sum(fast_clock.per_image), len(ref_clock.per_image),
-                        sum(ref_clock.per_image), fast_on_ref, fast.engine, tta, tuple(largest))
+                        sum(ref_clock.per_image), fast_on_ref, fast.engine, tta, tuple(largest), network_passes(fast))
 
 
 def peak_memory(models_dir: str | Path, recipe: str, shape: tuple[int, int] = STAGE2_SHAPES[-1][:2], *,

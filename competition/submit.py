@@ -589,6 +589,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
             "total_s": round(t_written - started, 3),
             "predict_loop_s": round(t_predicted - started, 3),
             "network_s": round(predictor.timings.network.seconds, 3),
+            "network_by_pass": predictor.timings.network.by_stage(),
             "ensemble_predict_s": round(predictor.timings.predict, 3),
             "size_estimate_s": round(predictor.timings.size_estimate, 3),
             "classify_s": round(predictor.timings.classify, 3),

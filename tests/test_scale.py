@@ -235,6 +235,36 @@ def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_p
     assert ((probs[0] > 0.5) == (label > 0)).mean() > 0.97
 
 
+def test_the_network_work_is_counted_by_pass(tmp_path):
+    from competition.bench_inference import network_passes, passes_text
+    from competition.ensemble import load_ensemble
+    from competition.predict import EnsemblePredictor
+
+    models = scaled_member(tmp_path)
+    nets: list[BrightNet] = []
+    label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px: the enlarged view fits
+    image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
+    predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
+                                  engine="torch", tta="flips")
+    predictor.predict(image)
+    # the native survey (96 + margins), the enlarged one (2x), then the final pass's three
+    # other flips of the enlarged image in one batch (its identity view is the survey's)
+    assert nets[0].seen == [(128, 128), (224, 224), (224, 224)]
+    network = predictor.timings.network
+    assert network.stage == "", "no pass is running between images"
+    assert network.by_stage().keys() == {"survey", "enlarged survey", "final"}
+    counts = {name: (t.n_forward, t.pixels) for name, t in network.stages.items()}
+    assert counts == {"survey": (1, 128 * 128), "enlarged survey": (1, 224 * 224), "final": (1, 3 * 224 * 224)}
+    assert network.n_forward == 3 and network.pixels == sum(p for _, p in counts.values())
+    assert network.seconds == pytest.approx(sum(t.seconds for t in network.stages.values()))
+    passes = network_passes(predictor)
+    assert [name for name, *_ in passes] == ["survey", "enlarged survey", "final"], "in the order they run"
+    assert passes[2][2] == pytest.approx(3 * 224 * 224 / 1e6)
+    assert passes_text(passes).startswith("survey ") and "final" in passes_text(passes)
+    predictor.predict(image)  # a second image adds to the same passes
+    assert network.stages["final"].n_forward == 2 and network.n_forward == 6
+
+
 def test_size_passes_count_the_passes_before_the_final_one(tmp_path):
     from competition.ensemble import load_ensemble
     from competition.errors import UserError

@@ -218,6 +218,10 @@ def test_submission_is_valid_and_the_sidecar_records_the_run(world, tmp_path):
         assert route["fallback"] is (kind != "fluorescence")
         assert [m["member"] for m in route["members"]] == (["fluorescence/f"] if kind == "fluorescence" else ["all/a"])
     assert record["timings"]["network_s"] > 0
+    by_pass = record["timings"]["network_by_pass"]
+    assert by_pass.keys() == {"final"}, "members without a nucleus diameter: no size passes"
+    assert by_pass["final"]["forwards"] > 0 and by_pass["final"]["megapixels"] > 0
+    assert by_pass["final"]["seconds"] == pytest.approx(record["timings"]["network_s"], abs=2e-3)
     assert record["problems"] == []
 
 
@@ -517,6 +521,8 @@ def test_bench_inference_reports_each_tta_mode_the_engine_check_and_the_float32_
     assert all(t.n_images == 1 for t in timings)
     assert all(0 < t.network_s <= t.predict_s <= t.total_s for t in timings)
     assert "img/s" in timings[1].line()
+    assert [name for name, *_ in timings[1].passes] == ["final"]
+    assert "network by pass: final " in timings[1].line()
     for compared in timings[-2:]:
         assert compared.changed_objects is not None and 0.0 <= compared.agreement <= 1.0
         assert compared.changed_objects <= compared.n_objects

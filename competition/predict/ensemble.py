@@ -28,7 +28,7 @@ from competition.predict.preprocess import colour_view, is_gray
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SURVEY_FACTORS", "SURVEY_RANGE", "SURVEY_UPSCALE", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "UPSCALE_MAX_PIXELS", "SIZE_MAX_PIXELS", "mean_factor", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
+__all__ = ["PASSES", "SURVEY_FACTORS", "SURVEY_RANGE", "SURVEY_UPSCALE", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "UPSCALE_MAX_PIXELS", "SIZE_MAX_PIXELS", "mean_factor", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
 
 #: Downscales tried beside the native size in the first nucleus-size pass.
 SURVEY_FACTORS = (0.5, 0.25)
@@ -46,6 +46,12 @@ SURVEY_RANGE = 1.6
 #: the enlarged image stays within :meth:`EnsemblePredictor.upscale_limit`: small touching
 #: nuclei that the native view merges come apart there. 0 disables it.
 SURVEY_UPSCALE = 2.0
+
+#: The passes of one image, as :class:`~competition.predict.forward.NetworkTimer` counts the
+#: network's work under them (``timings.network.stages``): the survey's views at the
+#: ``survey_factors``, its enlarged view (``survey_upscale``), the further size passes, the
+#: final pass with TTA, and the final passes of the colour views.
+PASSES = ("survey", "enlarged survey", "refinement", "final", "colour views")
 
 #: The resize factors of the size-estimated passes are rounded to this many steps per
 #: octave (16: at most 2.2% from the estimate, well inside the estimate's own error), so
@@ -361,13 +367,16 @@ class EnsemblePredictor:
         if any(targets.values()):
             route, kept = self._estimate_scales(image, route, targets)
         scales = dict(route.scales) or {key: 1.0 for key, _ in route.members}
+        self.timings.network.stage = "final"
         out = self._final_pass(image, route, scales, kept, total)
         views = self.ensemble.colour_views(route.image_type)
         if views and not is_gray(image):
+            self.timings.network.stage = "colour views"
             for name in views:
                 out += self._final_pass(colour_view(image, name), route, scales, {}, total)
             out /= np.float32(1 + len(views))
             route = dataclasses.replace(route, colour_views=tuple(views))
+        self.timings.network.stage = ""
         self.timings.predict += time.perf_counter() - t0
         self.timings.n_images += 1
         return out, route
@@ -478,10 +487,11 @@ class EnsemblePredictor:
         lo_fit, hi_fit = target / self.survey_range, target * self.survey_range
         surveyed: dict[float, float] = {}  # factor -> the diameter measured there (in native pixels)
 
-        def survey(factor: float) -> bool:
+        def survey(factor: float, stage: str = "survey") -> bool:
             """Measure at ``factor``; True when the nuclei come out within the trained range."""
             if smallest * factor < 32:
                 return False
+            self.timings.network.stage = stage
             estimate = measure({k: factor for k, _ in route.members})
             if estimate is None:
                 return False
@@ -493,7 +503,7 @@ class EnsemblePredictor:
             fits = survey(factor)
             up = factor * self.survey_upscale
             if (factor == top and self.survey_upscale > 1 and up <= hi and factor in surveyed
-                    and surveyed[factor] * up <= hi_fit and survey(up)):
+                    and surveyed[factor] * up <= hi_fit and survey(up, "enlarged survey")):
                 trusted = up  # the enlarged view resolves the nuclei within the trained range
                 break
             if fits:
@@ -511,6 +521,7 @@ class EnsemblePredictor:
         for _ in range(self.size_passes - 1):
             if diameter is None or tuple(sorted(scales.items())) in ran:
                 break  # a pass at these factors ran already: it would measure the same again
+            self.timings.network.stage = "refinement"
             estimate = measure(scales)
             if estimate is None:  # nothing found at this scale: keep the previous estimate
                 break

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -262,10 +262,32 @@ def set_threads(threads: int | None) -> None:
 
 @dataclass
 class NetworkTimer:
-    """Seconds spent in forward passes (synchronised on CUDA) and their count."""
+    """Seconds spent in forward passes (synchronised on CUDA), their count and the pixels
+    they saw (batch x height x width of each input, padding and tile overlaps included).
+
+    While ``stage`` is set (the ensemble predictor names the pass it is running: see
+    :data:`~competition.predict.ensemble.PASSES`), every forward is also counted under that
+    name in ``stages``, so a run can say which pass the network time went to.
+    """
 
     seconds: float = 0.0
     n_forward: int = 0
+    pixels: int = 0
+    stage: str = ""
+    stages: dict[str, "NetworkTimer"] = field(default_factory=dict)
+
+    def add(self, seconds: float, pixels: int) -> None:
+        """Count one forward pass (and under the current ``stage``, when set)."""
+        self.seconds += seconds
+        self.n_forward += 1
+        self.pixels += int(pixels)
+        if self.stage:
+            self.stages.setdefault(self.stage, NetworkTimer()).add(seconds, pixels)
+
+    def by_stage(self) -> dict[str, dict[str, float]]:
+        """``stage -> {seconds, forwards, megapixels}`` (rounded, for records)."""
+        return {name: {"seconds": round(t.seconds, 3), "forwards": t.n_forward,
+                       "megapixels": round(t.pixels / 1e6, 3)} for name, t in self.stages.items()}
 
 
 def predict_network(
@@ -368,6 +390,5 @@ def _forward(engine, batch: torch.Tensor, timer: NetworkTimer | None) -> torch.T
     t0 = time.perf_counter()
     probs = engine(batch)
     if timer is not None:
-        timer.seconds += time.perf_counter() - t0
-        timer.n_forward += 1
+        timer.add(time.perf_counter() - t0, batch.shape[0] * batch.shape[-2] * batch.shape[-1])
     return probs
