@@ -136,8 +136,7 @@ def network_passes(predictor) -> tuple[tuple[str, float, float], ...]:
     from competition.predict.ensemble import PASSES
 
     stages = predictor.timings.network.stages
-    order = sorted(stages, key=lambda n: PASSES.index(n) if n in PASSES else len(PASSES))
-    return tuple((n, stages[n].seconds, stages[n].pixels / 1e6) for n in order)
+    return tuple((n, stages[n].seconds, stages[n].pixels / 1e6) for n in predictor.timings.network.by_stage(PASSES))
 
 
 def passes_text(passes: tuple[tuple[str, float, float], ...]) -> str:

@@ -508,6 +508,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     """
     from competition.ensemble import load_ensemble
     from competition.predict import EnsemblePredictor, Tiling, set_threads
+    from competition.predict.ensemble import PASSES
     from competition.submission import validate_submission, write_submission
 
     started = time.perf_counter()
@@ -589,7 +590,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
             "total_s": round(t_written - started, 3),
             "predict_loop_s": round(t_predicted - started, 3),
             "network_s": round(predictor.timings.network.seconds, 3),
-            "network_by_pass": predictor.timings.network.by_stage(),
+            "network_by_pass": predictor.timings.network.by_stage(PASSES),
             "ensemble_predict_s": round(predictor.timings.predict, 3),
             "size_estimate_s": round(predictor.timings.size_estimate, 3),
             "classify_s": round(predictor.timings.classify, 3),

@@ -253,6 +253,7 @@ def test_the_network_work_is_counted_by_pass(tmp_path):
     network = predictor.timings.network
     assert network.stage == "", "no pass is running between images"
     assert network.by_stage().keys() == {"survey", "enlarged survey", "final"}
+    assert list(network.by_stage(["final", "survey"])) == ["final", "survey", "enlarged survey"], "order first"
     counts = {name: (t.n_forward, t.pixels) for name, t in network.stages.items()}
     assert counts == {"survey": (1, 128 * 128), "enlarged survey": (1, 224 * 224), "final": (1, 3 * 224 * 224)}
     assert network.n_forward == 3 and network.pixels == sum(p for _, p in counts.values())

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -284,10 +285,13 @@ class NetworkTimer:
         if self.stage:
             self.stages.setdefault(self.stage, NetworkTimer()).add(seconds, pixels)
 
-    def by_stage(self) -> dict[str, dict[str, float]]:
-        """``stage -> {seconds, forwards, megapixels}`` (rounded, for records)."""
-        return {name: {"seconds": round(t.seconds, 3), "forwards": t.n_forward,
-                       "megapixels": round(t.pixels / 1e6, 3)} for name, t in self.stages.items()}
+    def by_stage(self, order: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+        """``stage -> {seconds, forwards, megapixels}`` (rounded, for records), the names in
+        ``order`` first, in that order, then the others as they first ran."""
+        rank = {name: i for i, name in enumerate(order)}
+        names = sorted(self.stages, key=lambda n: rank.get(n, len(rank)))
+        return {name: {"seconds": round(self.stages[name].seconds, 3), "forwards": self.stages[name].n_forward,
+                       "megapixels": round(self.stages[name].pixels / 1e6, 3)} for name in names}
 
 
 def predict_network(
