@@ -135,8 +135,7 @@ def network_passes(predictor) -> tuple[tuple[str, float, float], ...]:
     :data:`~competition.predict.ensemble.PASSES` order."""
     from competition.predict.ensemble import PASSES
 
-    stages = predictor.timings.network.stages
-    return tuple((n, stages[n].seconds, stages[n].pixels / 1e6) for n in predictor.timings.network.by_stage(PASSES))
+    return tuple((name, t.seconds, t.pixels / 1e6) for name, t in predictor.timings.network.stages_in(PASSES))
 
 
 def passes_text(passes: tuple[tuple[str, float, float], ...]) -> str:

@@ -285,13 +285,17 @@ class NetworkTimer:
         if self.stage:
             self.stages.setdefault(self.stage, NetworkTimer()).add(seconds, pixels)
 
-    def by_stage(self, order: Sequence[str] = ()) -> dict[str, dict[str, float]]:
-        """``stage -> {seconds, forwards, megapixels}`` (rounded, for records), the names in
-        ``order`` first, in that order, then the others as they first ran."""
+    def stages_in(self, order: Sequence[str] = ()) -> list[tuple[str, "NetworkTimer"]]:
+        """The ``stages``, the names in ``order`` first, in that order, then the others as
+        they first ran."""
         rank = {name: i for i, name in enumerate(order)}
-        names = sorted(self.stages, key=lambda n: rank.get(n, len(rank)))
-        return {name: {"seconds": round(self.stages[name].seconds, 3), "forwards": self.stages[name].n_forward,
-                       "megapixels": round(self.stages[name].pixels / 1e6, 3)} for name in names}
+        return sorted(self.stages.items(), key=lambda item: rank.get(item[0], len(rank)))
+
+    def by_stage(self, order: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+        """``stage -> {seconds, forwards, megapixels}`` (rounded, for records), in
+        :meth:`stages_in` order."""
+        return {name: {"seconds": round(t.seconds, 3), "forwards": t.n_forward, "megapixels": round(t.pixels / 1e6, 3)}
+                for name, t in self.stages_in(order)}
 
 
 def predict_network(
