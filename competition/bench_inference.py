@@ -492,6 +492,7 @@ def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str
 def main(argv: list[str] | None = None) -> int:
     """Command line: stage-1 lines (one per TTA mode, then the reference), the stage-2-like
     lines and the peak memory."""
+    from competition import cpu_model
     from competition.commands.submit import add_sizing_arguments, add_tiling_arguments, sizing_from_args, tiling_from_args
     from competition.errors import UserError
 
@@ -536,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_one_image(args.models, args.recipe, (height, width), args.tta[-1], args.engine,
                                         args.threads, sizing, tiling)))
             return 0
+        print(f"cpu: {cpu_model() or 'not named by /proc/cpuinfo'} (the figures below are this machine's)", flush=True)
         timings = bench_inference(args.models, args.recipe, args.data, args.n_images, args.tta, device=args.device,
                                   threads=args.threads, engine=args.engine, tiling=tiling,
                                   reference=None if args.no_reference else "flips", sizing=sizing,

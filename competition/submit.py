@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from competition import git_commit
+from competition import cpu_model, git_commit
 from competition.calibration import (
     calibration_key,
     condition_distances,
@@ -574,6 +574,8 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "device": str(predictor.device),
         "engine": predictor.engine,
         "threads": torch_threads(),
+        # timings and bf16 results depend on the CPU (Zen 4, Zen 5 and AMX differ): name it
+        "cpu": cpu_model() if predictor.device.type == "cpu" else None,
         "size_passes": opts.size_passes,
         "survey_factors": list(predictor.survey_factors),
         "sizing": predictor.sizing(),

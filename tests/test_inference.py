@@ -232,7 +232,7 @@ def test_tiling_rejects_sizes_off_the_stride():
         Tiling(tile_size=128, overlap=128)
 
 
-def test_the_submit_and_bench_command_lines_default_to_the_tiling_that_validation_uses(monkeypatch):
+def test_the_submit_and_bench_command_lines_default_to_the_tiling_that_validation_uses(monkeypatch, capsys):
     # holdout and tuning predict with Tiling(); a submit default that drifted from it would
     # submit through a path the local score did not see
     from competition import bench_inference
@@ -251,6 +251,9 @@ def test_the_submit_and_bench_command_lines_default_to_the_tiling_that_validatio
     monkeypatch.setattr(bench_inference, "bench_inference", record)
     assert bench_inference.main(["--stage2-like", "0", "--no-peak-memory", "--no-reference", "--tta", "none"]) == 0
     assert seen["tiling"] == expected
+    from competition import cpu_model
+
+    assert f"cpu: {cpu_model()} (the figures below are this machine's)" in capsys.readouterr().out
     assert bench_inference.main(["--tile-size", "500", "--stage2-like", "0"]) == 2
 
 

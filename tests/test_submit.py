@@ -199,6 +199,7 @@ def read_rows(path: Path) -> list[list[str]]:
 def test_submission_is_valid_and_the_sidecar_records_the_run(world, tmp_path):
     from competition.submission import validate_submission
 
+    from competition import cpu_model
     from competition.submit import make_submission
 
     result = make_submission(options(world, tmp_path, tta="flips"))
@@ -211,6 +212,8 @@ def test_submission_is_valid_and_the_sidecar_records_the_run(world, tmp_path):
         assert key in record, key
     assert record["tta"] == "flips"
     assert record["threads"] >= 1
+    assert record["cpu"] == cpu_model(), "the CPU the timings were taken on"
+    assert record["cpu"] is not None and "AMX" in record["cpu"], record["cpu"]
     assert sorted(record["members"]) == ["all/a", "fluorescence/f"]
     for image_id, (kind, _) in test.items():
         route = record["routing"][image_id]
