@@ -63,6 +63,29 @@ def test_the_lookup_table_gives_what_mapping_every_pixel_gives():
         stretch(np.zeros((8, 8, 3), np.float32))
 
 
+def test_normalise_by_table_gives_what_the_per_pixel_formula_gives():
+    from competition.predict.preprocess import normalise
+
+    def formula(image, invert, mean, std):
+        x = image.astype(np.float32)
+        if invert:
+            x = 255.0 - x
+        x = (x / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image[0, :3] = [[0, 0, 0], [255, 255, 255], [1, 128, 254]]
+    for invert in (False, True):
+        for mean, std in ((IMAGENET_MEAN, IMAGENET_STD), (0.5, 0.25), ([0.1, 0.2, 0.3], [0.9, 0.8, 0.7])):
+            got = normalise(image, invert, mean, std)
+            assert got.dtype == np.float32 and got.shape == (3, 37, 53) and got.flags.c_contiguous
+            assert np.array_equal(got, formula(image, invert, mean, std))
+    # other dtypes take the formula itself
+    as_float = image.astype(np.float32)
+    assert np.array_equal(normalise(as_float, True), formula(as_float, True, IMAGENET_MEAN, IMAGENET_STD))
+
+
 def test_a_dimmer_or_brighter_copy_stretches_to_about_the_same_image():
     image, _ = stained()
     ref = stretch(image).astype(int)

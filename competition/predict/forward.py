@@ -365,7 +365,6 @@ def predict_network(
     windows = _windows(hp, wp, tiling)
     source = torch.from_numpy(np.ascontiguousarray(padded))
     acc: np.ndarray | None = None
-    weight_sum = np.zeros((hp, wp), dtype=np.float32)
     # One job per (window, view); odd views swap H and W, so batch by shape.
     jobs = [(w, k) for w in windows for k in transforms]
     by_shape: dict[tuple[int, int], list[tuple[_Window, int]]] = {}
@@ -373,6 +372,10 @@ def predict_network(
         shape = (w.height, w.width) if k % 2 == 0 else (w.width, w.height)
         by_shape.setdefault(shape, []).append((w, k))
     n_views = len(transforms)
+    # Each window's weight over the views, computed once; a whole image's is a constant (the
+    # same float32 value in every pixel, so multiplying by the scalar gives the same sums).
+    whole = len(windows) == 1
+    scaled = {id(w): np.float32(1.0) / np.float32(n_views) if whole else w.weight / n_views for w in windows}
     for group in by_shape.values():
         for start in range(0, len(group), tiling.batch_size):
             chunk = group[start : start + tiling.batch_size]
@@ -384,11 +387,14 @@ def predict_network(
                 p = inverse_dihedral(p, k).numpy()
                 if acc is None:
                     acc = np.zeros((p.shape[0], hp, wp), dtype=np.float32)
-                acc[:, w.top : w.top + w.height, w.left : w.left + w.width] += p * (w.weight / n_views)
-    for w in windows:
-        weight_sum[w.top : w.top + w.height, w.left : w.left + w.width] += w.weight
+                acc[:, w.top : w.top + w.height, w.left : w.left + w.width] += p * scaled[id(w)]
     assert acc is not None
     inner = (slice(top, top + height), slice(left, left + width))
+    if whole:  # the summed weights are all 1: dividing by them changes nothing
+        return np.ascontiguousarray(acc[:, inner[0], inner[1]], dtype=np.float32)
+    weight_sum = np.zeros((hp, wp), dtype=np.float32)
+    for w in windows:
+        weight_sum[w.top : w.top + w.height, w.left : w.left + w.width] += w.weight
     out = acc[:, inner[0], inner[1]] / weight_sum[None, inner[0], inner[1]]
     return np.ascontiguousarray(out, dtype=np.float32)
 
