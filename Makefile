@@ -36,7 +36,8 @@ SURVEY ?=
 # new size estimate keeps the factors a pass ran at (default 0.125; 0: exact factors only);
 # the survey trusts its largest factor whose nuclei measure within SURVEY_RANGE of the
 # members' diameter (default 1.6; 1: the closest view) and enlarges images of small nuclei
-# by SURVEY_UPSCALE (default 2; 0: never).
+# by SURVEY_UPSCALE (default 2; 0: never); SURVEY_RULE=confidence trusts the view the
+# members are surest of instead (default fit).
 NUCLEUS_PX ?=
 MAX_UPSCALE ?=
 UPSCALE_MAX_PIXELS ?=
@@ -44,10 +45,12 @@ SIZE_MAX_PIXELS ?=
 RESCALE_TOLERANCE ?=
 SURVEY_RANGE ?=
 SURVEY_UPSCALE ?=
+SURVEY_RULE ?=
 RESIZING = $(if $(NUCLEUS_PX),--nucleus-px $(NUCLEUS_PX)) $(if $(MAX_UPSCALE),--max-upscale $(MAX_UPSCALE)) \
 	$(if $(UPSCALE_MAX_PIXELS),--upscale-max-pixels $(UPSCALE_MAX_PIXELS)) \
 	$(if $(SIZE_MAX_PIXELS),--size-max-pixels $(SIZE_MAX_PIXELS)) $(if $(RESCALE_TOLERANCE),--rescale-tolerance $(RESCALE_TOLERANCE)) \
-	$(if $(SURVEY_RANGE),--survey-range $(SURVEY_RANGE)) $(if $(SURVEY_UPSCALE),--survey-upscale $(SURVEY_UPSCALE))
+	$(if $(SURVEY_RANGE),--survey-range $(SURVEY_RANGE)) $(if $(SURVEY_UPSCALE),--survey-upscale $(SURVEY_UPSCALE)) \
+	$(if $(SURVEY_RULE),--survey-rule $(SURVEY_RULE))
 SIZING = $(if $(SURVEY),--survey-factors $(SURVEY)) $(RESIZING)
 MEMBER ?=
 FOLD ?= 0

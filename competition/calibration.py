@@ -50,7 +50,7 @@ def _default_sizing() -> dict[str, Any]:
     of that time (a size pass's factors were never kept: no rescale tolerance; the survey's
     closest view won, and it had no enlarged view)."""
     return {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": None, "rescale_tolerance": 0.0,
-            "upscale_max_pixels": None, "survey_range": 1.0, "survey_upscale": 0.0}
+            "upscale_max_pixels": None, "survey_range": 1.0, "survey_upscale": 0.0, "survey_rule": "fit"}
 
 
 def calibration_key(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,8 +147,8 @@ def expected_for(path: Path, key: Mapping[str, Any], pred, distances: Mapping[st
         log.warning("%s", exc)
         return {"score": None, "note": str(exc)}
     stored = calibration.get("key")
-    if isinstance(stored, dict) and "sizing" not in stored:
-        stored = {**stored, "sizing": _default_sizing()}
+    if isinstance(stored, dict):  # settings recorded since it was written take their default of then
+        stored = {**stored, "sizing": {**_default_sizing(), **(stored.get("sizing") or {})}}
     if stored != json.loads(json.dumps(key)):
         note = (f"{path} was made with other members, TTA, size passes, resizing or colour views than this submission: "
                 "rerun `make holdout` with the same settings")

@@ -134,13 +134,15 @@ class SubmitOptions:
     upscale_max_pixels: int | None = None
     survey_range: float | None = None
     survey_upscale: float | None = None
+    survey_rule: str | None = None
 
     def sizing(self) -> dict[str, Any]:
         """The resizing settings asked for (None: the predictor's default), as keywords of
         :class:`~competition.predict.EnsemblePredictor`."""
         return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels,
                 "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels,
-                "survey_range": self.survey_range, "survey_upscale": self.survey_upscale}
+                "survey_range": self.survey_range, "survey_upscale": self.survey_upscale,
+                "survey_rule": self.survey_rule}
 
 
 @dataclass

@@ -399,6 +399,57 @@ def test_the_survey_stops_at_the_native_view_when_it_fits_and_enlarges_only_with
             EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), **bad)
 
 
+class SureAtNet(nn.Module):
+    """Sure of whole nuclei only at one input side (``sure_side``, margins included): there
+    its body logit is ``20 x``; at every other size it is ``x - 1.5``, so only the bright
+    centres of the nuclei pass 0.5, and barely: the fragments of a network that sees nuclei
+    far from its trained size."""
+
+    def __init__(self, sure_side: int) -> None:
+        super().__init__()
+        self.sure_side = sure_side
+        self.w = nn.Parameter(torch.tensor(1.0))
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[2:]))
+        body = 20 * x[:, :1] if x.shape[2] == self.sure_side else x[:, :1] - 1.5
+        low = torch.full_like(body, -10.0)
+        return torch.cat([self.w * body, low, low], dim=1)
+
+
+def test_the_confidence_rule_trusts_the_view_the_members_are_surest_of(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.errors import UserError
+    from competition.predict import EnsemblePredictor
+
+    models = scaled_member(tmp_path)  # trained at 24 px
+    label = disks((256, 256), [(64, 64), (64, 190), (190, 64), (190, 190)], 24)  # 48 px across
+    yy, xx = np.mgrid[:256, :256]
+    r2 = np.min([((yy - cy) ** 2 + (xx - cx) ** 2) / 24**2 for cy, cx in ((64, 64), (64, 190), (190, 64), (190, 190))], axis=0)
+    image = np.where(label > 0, 240 - 90 * r2, 10).astype(np.uint8)[..., None].repeat(3, axis=2)
+    true = median_diameter(label)
+    found = {}
+    for rule in ("fit", "confidence"):
+        nets: list[nn.Module] = []
+
+        def loader(f, device):
+            nets.append(SureAtNet(sure_side=128 + 32))  # the half-size view, plus its margins
+            return nets[-1], json.loads((Path(f) / "config.json").read_text())
+
+        predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=loader, engine="torch",
+                                      size_passes=1, survey_rule=rule)
+        found[rule] = (predictor.predict(image)[1].diameter, nets[0].seen)
+        assert predictor.sizing()["survey_rule"] == rule
+    # fit: the native view's fragments (the bright centres, about 27 px) fit 24 px: trusted
+    assert found["fit"][0] < 0.65 * true and (160, 160) not in found["fit"][1]
+    # confidence: every survey view runs; the half-size one is surest, and sees whole nuclei
+    assert found["confidence"][0] == pytest.approx(true, rel=0.15)
+    assert found["confidence"][1][:3] == [(288, 288), (160, 160), (96, 96)]
+    with pytest.raises(UserError, match="survey_rule"):
+        EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), survey_rule="best")
+
+
 def test_snapped_scales_are_on_the_octave_grid_and_close():
     from competition.predict.ensemble import snap_scale
 

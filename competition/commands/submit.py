@@ -31,7 +31,7 @@ def tiling_from_args(args: argparse.Namespace):
 
 #: The resizing options of :func:`add_sizing_arguments`: keywords of
 #: :class:`competition.predict.EnsemblePredictor` (and of ``SubmitOptions``).
-SIZING_OPTIONS = ("survey_range", "survey_upscale", "nucleus_px", "max_upscale", "upscale_max_pixels", "size_max_pixels",
+SIZING_OPTIONS = ("survey_range", "survey_upscale", "survey_rule", "nucleus_px", "max_upscale", "upscale_max_pixels", "size_max_pixels",
                   "rescale_tolerance")
 
 
@@ -42,6 +42,9 @@ def add_sizing_arguments(parser) -> None:
                         help="the survey trusts its largest factor whose nuclei measure within R times the members' diameter (default: 1.6; 1: the closest view)")
     parser.add_argument("--survey-upscale", type=float, metavar="F",
                         help="the survey's enlarged view for images of small nuclei (default: 2; 0: none)")
+    parser.add_argument("--survey-rule", choices=("fit", "confidence"),
+                        help="which survey view the size estimate trusts: the largest that fits the members' diameter "
+                             "(fit, the default), or the one the members are surest of (confidence)")
     parser.add_argument("--nucleus-px", type=float, metavar="PX",
                         help="nucleus diameter the size-estimated passes resize to (default: each member's nucleus_diameter; lower is faster)")
     parser.add_argument("--max-upscale", type=float, metavar="F",

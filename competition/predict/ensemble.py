@@ -28,7 +28,7 @@ from competition.predict.preprocess import colour_view, is_gray
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PASSES", "SURVEY_FACTORS", "SURVEY_RANGE", "SURVEY_UPSCALE", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "UPSCALE_MAX_PIXELS", "SIZE_MAX_PIXELS", "mean_factor", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
+__all__ = ["PASSES", "SURVEY_FACTORS", "SURVEY_RANGE", "SURVEY_UPSCALE", "SURVEY_RULES", "CONFIDENCE_MIN_SIDE", "SCALE_STEPS", "RESCALE_TOLERANCE", "MAX_UPSCALE", "UPSCALE_MAX_PIXELS", "SIZE_MAX_PIXELS", "mean_factor", "snap_scale", "size_windows", "Route", "PredictorTimings", "EnsemblePredictor", "prefetch"]
 
 #: Downscales tried beside the native size in the first nucleus-size pass.
 SURVEY_FACTORS = (0.5, 0.25)
@@ -46,6 +46,20 @@ SURVEY_RANGE = 1.6
 #: the enlarged image stays within :meth:`EnsemblePredictor.upscale_limit`: small touching
 #: nuclei that the native view merges come apart there. 0 disables it.
 SURVEY_UPSCALE = 2.0
+
+#: How the survey picks the view whose size estimate it trusts. ``fit``: the largest factor
+#: whose nuclei measure within ``survey_range`` of the members' diameter (the sharpest view
+#: that fits; it stops there). ``confidence``: every survey factor runs (and the enlarged
+#: view where ``fit`` would run it), and the view where the members are most sure of their
+#: nuclei wins: the mean body probability over the pixels they call nucleus (above 0.5).
+#: Large nuclei broken into fragments of the trained size at the native size come out
+#: whole, and surer, in a shrunk view (measured on condition-out fold 0 resized by 2:
+#: README, "Scale").
+SURVEY_RULES = ("fit", "confidence")
+
+#: Under the ``confidence`` rule, views whose smaller side is under this many pixels are
+#: not candidates: a few blobs in a tiny view can look sure of themselves.
+CONFIDENCE_MIN_SIDE = 96
 
 #: The passes of one image, as :class:`~competition.predict.forward.NetworkTimer` counts the
 #: network's work under them (``timings.network.stages``): the survey's views at the
@@ -202,6 +216,8 @@ class EnsemblePredictor:
             before 2026-12-04).
         survey_upscale: the enlarged survey view's factor (default :data:`SURVEY_UPSCALE`;
             0: none).
+        survey_rule: how the survey picks its view, one of :data:`SURVEY_RULES` (default
+            ``fit``).
         size_max_pixels: the size passes of a larger image see at most this many pixels of
             it, in four windows spread over the image, instead of the whole image (default
             :data:`SIZE_MAX_PIXELS`; 0: the whole image). The final pass always predicts the
@@ -232,6 +248,7 @@ class EnsemblePredictor:
         upscale_max_pixels: int | None = None,
         survey_range: float | None = None,
         survey_upscale: float | None = None,
+        survey_rule: str | None = None,
     ) -> None:
         from competition.predict.engines import make_engine, resolve_engine
 
@@ -249,6 +266,9 @@ class EnsemblePredictor:
         self.survey_upscale = float(SURVEY_UPSCALE if survey_upscale is None else survey_upscale)
         if self.survey_upscale != 0 and not 1 < self.survey_upscale <= 4:
             raise UserError(f"survey_upscale must be 0 (off) or lie in (1, 4], got {survey_upscale}")
+        self.survey_rule = SURVEY_RULES[0] if survey_rule is None else str(survey_rule)
+        if self.survey_rule not in SURVEY_RULES:
+            raise UserError(f"survey_rule must be one of {list(SURVEY_RULES)}, got {survey_rule!r}")
         self.nucleus_px = None if nucleus_px is None else float(nucleus_px)
         if self.nucleus_px is not None and not 4 <= self.nucleus_px <= 256:
             raise UserError(f"nucleus_px must lie in [4, 256] px, got {nucleus_px}")
@@ -323,7 +343,8 @@ class EnsemblePredictor:
         None: no pixel limit on the up-scaling)."""
         return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels,
                 "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels,
-                "survey_range": self.survey_range, "survey_upscale": self.survey_upscale}
+                "survey_range": self.survey_range, "survey_upscale": self.survey_upscale,
+                "survey_rule": self.survey_rule}
 
     def upscale_limit(self, shape: tuple[int, ...]) -> float:
         """The largest resize factor of a size-estimated pass on an image of ``shape``:
@@ -427,7 +448,11 @@ class EnsemblePredictor:
         nuclei into one blob of the trained size, so the sharpest view that fits wins. When
         the native view measures small nuclei, the survey also looks at the image enlarged by
         ``survey_upscale`` (within :meth:`upscale_limit`), where touching small nuclei come
-        apart. Where no factor fits, the one that came closest wins. Each further pass
+        apart. Where no factor fits, the one that came closest wins. That is the ``fit``
+        rule; under ``survey_rule="confidence"`` every survey factor runs (the enlarged view
+        as above) and the view where the members' body probability is highest over the
+        pixels they call nucleus wins (views under :data:`CONFIDENCE_MIN_SIDE` px excepted;
+        none left: the closest). Each further pass
         (``size_passes``) predicts at the current factors and measures again.
         An image above ``size_max_pixels`` is measured on :func:`size_windows` of it.
 
@@ -451,12 +476,14 @@ class EnsemblePredictor:
         whole = len(windows) == 1 and windows[0][0] == (slice(0, image.shape[0]), slice(0, image.shape[1]))
         #: factors a pass ran at (sorted member items) -> (its estimate, the members' probabilities if whole)
         ran: dict[tuple[tuple[str, float], ...], tuple[float | None, dict[str, np.ndarray]]] = {}
+        #: the same key -> the members' mean body probability over the pixels above 0.5
+        sure: dict[tuple[tuple[str, float], ...], float] = {}
 
         def measure(factors: dict[str, float]) -> float | None:
             key = tuple(sorted(factors.items()))
             if key in ran:
                 return ran[key][0]
-            areas, kept = [], {}
+            areas, kept, body_sum, body_n = [], {}, 0.0, 0
             # the pixel counts of a type tuned in the network's pixels follow the factors
             params = self.ensemble.params_for(route.image_type, scale=mean_factor(factors.values()))[0]
             for window, inner in windows:
@@ -470,8 +497,12 @@ class EnsemblePredictor:
                     mean = p * (weight / total) if mean is None else mean + p * (weight / total)
                 assert mean is not None
                 areas.append(object_areas(watershed_instances(mean, params, self.channels), cut_edges=inner))
+                if self.survey_rule == "confidence":
+                    body = mean[0][mean[0] > 0.5]
+                    body_sum, body_n = body_sum + float(body.sum(dtype=np.float64)), body_n + body.size
             estimate = diameter_of_areas(np.concatenate(areas), min_area=params.min_size)
             ran[key] = (estimate, kept)
+            sure[key] = body_sum / body_n if body_n else 0.0
             return estimate
 
         def settle(factors: dict[str, float]) -> dict[str, float]:
@@ -505,10 +536,15 @@ class EnsemblePredictor:
             if (factor == top and self.survey_upscale > 1 and up <= hi and factor in surveyed
                     and surveyed[factor] * up <= hi_fit and survey(up, "enlarged survey")):
                 trusted = up  # the enlarged view resolves the nuclei within the trained range
-                break
-            if fits:
+                if self.survey_rule == "fit":
+                    break
+            if fits and self.survey_rule == "fit":
                 trusted = factor  # a smaller view could only merge what this one resolves
                 break
+        if self.survey_rule == "confidence":
+            candidates = [f for f in surveyed if smallest * f >= CONFIDENCE_MIN_SIDE]
+            trusted = max(candidates, key=lambda f: sure[tuple(sorted((k, f) for k, _ in route.members))],
+                          default=None)
         if trusted is None and surveyed:  # nowhere within the range: the view that came closest
             trusted = min(surveyed, key=lambda f: abs(math.log(surveyed[f] * f / target)))
         diameter = surveyed.get(trusted)
