@@ -236,9 +236,12 @@ def compute_precision(device: torch.device | str, precision: str) -> str:
     if precision == "bf16" and kind == "cpu" and not cpu_has_bf16():
         if "cpu" not in _warned_bf16:
             _warned_bf16.add("cpu")
-            log.warning("this CPU has no bfloat16 hardware (AVX512_BF16/AMX; capability %s): bf16 "
-                        "members compute in float32 here, which is several times faster than "
-                        "emulated bf16", torch.backends.cpu.get_cpu_capability())
+            if os.environ.get(CPU_BF16_ENV, "").strip() == "0":
+                log.warning("%s=0: bf16 members compute in float32", CPU_BF16_ENV)
+            else:
+                log.warning("this CPU has no bfloat16 hardware (AVX512_BF16/AMX; capability %s): bf16 "
+                            "members compute in float32 here, which is several times faster than "
+                            "emulated bf16", torch.backends.cpu.get_cpu_capability())
         return "fp32"
     return precision
 
