@@ -36,8 +36,8 @@ SURVEY ?=
 # new size estimate keeps the factors a pass ran at (default 0.125; 0: exact factors only);
 # the survey trusts its largest factor whose nuclei measure within SURVEY_RANGE of the
 # members' diameter (default 1.6; 1: the closest view) and enlarges images of small nuclei
-# by SURVEY_UPSCALE (default 2; 0: never); SURVEY_RULE=confidence trusts the view the
-# members are surest of instead (default fit).
+# by SURVEY_UPSCALE (default 2; 0: never) under SURVEY_RULE=fit; the default rule,
+# confidence, trusts the view the members are surest of instead.
 NUCLEUS_PX ?=
 MAX_UPSCALE ?=
 UPSCALE_MAX_PIXELS ?=

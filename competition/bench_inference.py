@@ -148,7 +148,7 @@ def passes_text(passes: tuple[tuple[str, float, float], ...]) -> str:
 #: kept only when the estimate lands on them exactly (the final pass then still takes its
 #: identity view from that pass, which makes the reference slightly faster than it was).
 REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": 0, "rescale_tolerance": 0.0,
-                    "survey_range": 1.0, "survey_upscale": 0,
+                    "survey_range": 1.0, "survey_upscale": 0, "survey_rule": "fit",
                     "upscale_max_pixels": 0}
 
 

@@ -195,7 +195,9 @@ def scaled_member(tmp_path, diameter: float = 24.0) -> Path:
 
 #: The survey rule before 2026-12-04 (the view that measured closest to the member's diameter
 #: wins, no enlarged view): the refinement tests below keep it, so their pass counts stay.
-CLOSEST_VIEW = {"survey_range": 1.0, "survey_upscale": 0}
+#: The survey rule before 2026-12-06 (the default then), whose passes these tests follow
+FIT = {"survey_rule": "fit"}
+CLOSEST_VIEW = {"survey_range": 1.0, "survey_upscale": 0, **FIT}
 
 
 def recording_loader(nets: list):
@@ -217,7 +219,8 @@ def test_predictor_estimates_the_size_then_predicts_at_the_member_diameter(tmp_p
     nets: list[BrightNet] = []
     label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px across
     image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
-    predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets), engine="torch")
+    predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets), engine="torch",
+                                  **FIT)
     probs, route = predictor.predict(image)
     assert probs.shape == (3, 96, 96)
     assert route.diameter == pytest.approx(median_diameter(label), rel=0.15)
@@ -245,7 +248,7 @@ def test_the_network_work_is_counted_by_pass(tmp_path):
     label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 6)  # ~12 px: the enlarged view fits
     image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
     predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
-                                  engine="torch", tta="flips")
+                                  engine="torch", tta="flips", **FIT)
     predictor.predict(image)
     # the native survey (96 + margins), the enlarged one (2x), then the final pass's three
     # other flips of the enlarged image in one batch (its identity view is the survey's)
@@ -364,7 +367,7 @@ def test_the_survey_trusts_the_sharpest_view_that_fits_not_a_merged_blob(tmp_pat
     half = predict_scaled(predictor.members["all/a"], image, 0.5, tta="none", tiling=predictor.tiling, device=predictor.device)
     assert watershed_instances(half).max() == 1 and label.max() == 9
     estimates = {}
-    for name, kw in (("closest", CLOSEST_VIEW), ("sharpest fitting", {})):
+    for name, kw in (("closest", CLOSEST_VIEW), ("sharpest fitting", FIT)):
         nets: list[BrightNet] = []
         predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
                                       engine="torch", size_passes=1, **kw)
@@ -382,7 +385,8 @@ def test_the_survey_stops_at_the_native_view_when_it_fits_and_enlarges_only_with
     label = disks((96, 96), [(24, 24), (24, 70), (70, 24), (70, 70)], 11)  # ~22 px: fits 24 natively
     image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
     nets: list[BrightNet] = []
-    predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets), engine="torch")
+    predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets), engine="torch",
+                                  **FIT)
     _, route = predictor.predict(image)
     assert route.diameter == pytest.approx(median_diameter(label), rel=0.1)
     assert nets[0].seen[0] == (128, 128) and (96, 96) not in nets[0].seen, "no half-size view once the native one fits"
@@ -391,7 +395,7 @@ def test_the_survey_stops_at_the_native_view_when_it_fits_and_enlarges_only_with
     for limit, second in ((0, (224, 224)), (96 * 96 * 3, (96, 96))):  # 3x the pixels: 2x would need 4x
         nets = []
         predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
-                                      engine="torch", upscale_max_pixels=limit)
+                                      engine="torch", upscale_max_pixels=limit, **FIT)
         predictor.predict(small)
         assert nets[0].seen[1] == second, "the survey's second view: enlarged 2x, or else the half size"
     for bad in ({"survey_range": 0.9}, {"survey_upscale": 1.0}, {"survey_upscale": -2}):

@@ -807,22 +807,24 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     assert "other members, TTA" in other.record["expected_score"]["note"]
     assert test.record["sizing"] == {"nucleus_px": None, "max_upscale": 2.0, "size_max_pixels": 500_000,
                                      "rescale_tolerance": 0.125, "upscale_max_pixels": 2_000_000,
-                                     "survey_range": 1.6, "survey_upscale": 2.0, "survey_rule": "fit"}
+                                     "survey_range": 1.6, "survey_upscale": 2.0, "survey_rule": "confidence"}
     resized = submit(world, tmp_path, calibration=cal, nucleus_px=20.0)
     assert resized.record["sizing"]["nucleus_px"] == 20.0
     assert resized.record["expected_score"]["score"] is None, "resized otherwise than the holdout"
+    fit = submit(world, tmp_path, calibration=cal, survey_rule="fit")
+    assert fit.record["sizing"]["survey_rule"] == "fit"
+    assert fit.record["expected_score"]["score"] is None, "another survey rule than the holdout's"
     data = json.loads(cal.read_text())
     del data["key"]["sizing"]["survey_rule"]  # written before the rule was recorded: the fit rule
     cal.write_text(json.dumps(data))
-    assert submit(world, tmp_path, calibration=cal).record["expected_score"]["score"] == pytest.approx(expected["score"])
-    sure = submit(world, tmp_path, calibration=cal, survey_rule="confidence")
-    assert sure.record["sizing"]["survey_rule"] == "confidence"
-    assert sure.record["expected_score"]["score"] is None, "another survey rule than the holdout's"
+    assert submit(world, tmp_path, calibration=cal).record["expected_score"]["score"] is None
+    assert (submit(world, tmp_path, calibration=cal, survey_rule="fit").record["expected_score"]["score"]
+            == pytest.approx(expected["score"]))
     del data["key"]["sizing"]  # a calibration written before the resizing was recorded:
     cal.write_text(json.dumps(data))  # it speaks for the settings of that time only
-    assert submit(world, tmp_path, calibration=cal).record["expected_score"]["score"] is None
+    assert submit(world, tmp_path, calibration=cal, survey_rule="fit").record["expected_score"]["score"] is None
     again = submit(world, tmp_path, calibration=cal, rescale_tolerance=0.0, max_upscale=3.0, size_max_pixels=0,
-                   upscale_max_pixels=0, survey_range=1.0, survey_upscale=0)
+                   upscale_max_pixels=0, survey_range=1.0, survey_upscale=0, survey_rule="fit")
     assert again.record["expected_score"]["score"] == pytest.approx(expected["score"])
 
 

@@ -43,8 +43,8 @@ def add_sizing_arguments(parser) -> None:
     parser.add_argument("--survey-upscale", type=float, metavar="F",
                         help="the survey's enlarged view for images of small nuclei (default: 2; 0: none)")
     parser.add_argument("--survey-rule", choices=("fit", "confidence"),
-                        help="which survey view the size estimate trusts: the largest that fits the members' diameter "
-                             "(fit, the default), or the one the members are surest of (confidence)")
+                        help="which survey view the size estimate trusts: the one the members are surest of "
+                             "(confidence, the default), or the largest that fits the members' diameter (fit)")
     parser.add_argument("--nucleus-px", type=float, metavar="PX",
                         help="nucleus diameter the size-estimated passes resize to (default: each member's nucleus_diameter; lower is faster)")
     parser.add_argument("--max-upscale", type=float, metavar="F",
