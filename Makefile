@@ -34,10 +34,10 @@ SURVEY ?=
 # is up-scaled to (default 2000000; 0: no limit), the pixels the size
 # passes see of a large image (default 500000; 0: all of it), and the octaves within which a
 # new size estimate keeps the factors a pass ran at (default 0.125; 0: exact factors only);
-# the survey trusts its largest factor whose nuclei measure within SURVEY_RANGE of the
-# members' diameter (default 1.6; 1: the closest view) and enlarges images of small nuclei
-# by SURVEY_UPSCALE (default 2; 0: never) under SURVEY_RULE=fit; the default rule,
-# confidence, trusts the view the members are surest of instead.
+# the survey enlarges images of small nuclei (under SURVEY_RANGE of the members' diameter,
+# default 1.6) by SURVEY_UPSCALE (default 2; 0: never) and trusts the view the members are
+# surest of (SURVEY_RULE=confidence, the default), or its largest factor whose nuclei
+# measure within SURVEY_RANGE of the members' diameter (SURVEY_RULE=fit; 1: the closest view).
 NUCLEUS_PX ?=
 MAX_UPSCALE ?=
 UPSCALE_MAX_PIXELS ?=

@@ -193,10 +193,11 @@ def scaled_member(tmp_path, diameter: float = 24.0) -> Path:
     return tmp_path / "models"
 
 
+#: The survey rule that was the default until 2026-12-06, whose passes the tests below follow.
+FIT = {"survey_rule": "fit"}
+
 #: The survey rule before 2026-12-04 (the view that measured closest to the member's diameter
 #: wins, no enlarged view): the refinement tests below keep it, so their pass counts stay.
-#: The survey rule before 2026-12-06 (the default then), whose passes these tests follow
-FIT = {"survey_rule": "fit"}
 CLOSEST_VIEW = {"survey_range": 1.0, "survey_upscale": 0, **FIT}
 
 
