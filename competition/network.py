@@ -212,10 +212,14 @@ def cpu_has_bf16() -> bool:
     threads, a lite0 UNet training step (8 crops of 224 px) took 25 s in bf16 against 6.7 s
     in float32, and a 512×640 forward 5.5 s against 0.45 s.
     """
+    forced = _forced_bf16()
+    return _bf16_hardware() if forced is None else forced
+
+
+def _forced_bf16() -> bool | None:
+    """What :data:`CPU_BF16_ENV` forces (``1``: True, ``0``: False), or None."""
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    return _bf16_hardware()
+    return forced == "1" if forced in ("0", "1") else None
 
 
 @functools.cache
@@ -236,7 +240,7 @@ def compute_precision(device: torch.device | str, precision: str) -> str:
     if precision == "bf16" and kind == "cpu" and not cpu_has_bf16():
         if "cpu" not in _warned_bf16:
             _warned_bf16.add("cpu")
-            if os.environ.get(CPU_BF16_ENV, "").strip() == "0":
+            if _forced_bf16() is False:
                 log.warning("%s=0: bf16 members compute in float32", CPU_BF16_ENV)
             else:
                 log.warning("this CPU has no bfloat16 hardware (AVX512_BF16/AMX; capability %s): bf16 "
