@@ -233,3 +233,21 @@ def test_a_folds_file_of_another_dataset_is_kept_aside_and_remade(tmp_path):
     again = resolve_types_and_folds(images, tmp_path / "split", folds_path=path)
     assert again == (types, folds)  # a matching file is read, not remade
     assert len(list(tmp_path.glob("folds.*.csv"))) == 1
+
+
+def test_image_features_equal_the_per_pixel_formula():
+    # the features are computed per channel for speed; they must keep the bits of the
+    # reductions over each pixel's three values that wrote the committed folds file
+    from competition.data.conditions import image_features
+
+    rng = np.random.default_rng(3)
+    for h, w in ((5, 9), (256, 320), (700, 1001)):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        step = max(1, int(np.sqrt(h * w / 65536)))
+        sub = image[::step, ::step].reshape(-1, 3).astype(np.float32) / 255.0
+        grey = sub.mean(axis=1)
+        expected = (*sub.mean(axis=0).tolist(), float(np.median(grey)), float(np.percentile(grey, 99)),
+                    float(grey.std()), float((sub.max(axis=1) - sub.min(axis=1)).mean()))
+        got = image_features("x", image, "histology")
+        assert got.stats == expected
+        assert (got.height, got.width, got.type) == (h, w, "histology")
