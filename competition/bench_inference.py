@@ -90,6 +90,11 @@ class InferenceTiming:
             at IoU above 0.9 (the strictest thresholds' difference).
         unpartnered_objects: on those lines: its objects that no fast object overlaps
             at IoU above 0.5 (lost, split or merged: a difference at every threshold).
+        unpartnered_apart: the part of ``unpartnered_objects`` in images that the two runs
+            resized by different factors (their size estimates fell on different steps of
+            the resize grid, or different resizing settings); the rest are in images both
+            resized alike.
+        images_apart: how many images the two runs resized by different factors.
         passes: the network's work per pass (:data:`competition.predict.ensemble.PASSES`):
             (pass, seconds, megapixels through the network).
     """
@@ -108,6 +113,8 @@ class InferenceTiming:
     agreement: float | None = None
     reshaped_objects: int | None = None
     unpartnered_objects: int | None = None
+    unpartnered_apart: int | None = None
+    images_apart: int | None = None
     passes: tuple[tuple[str, float, float], ...] = ()
 
     @property
@@ -126,8 +133,16 @@ class InferenceTiming:
             + (f"; network by pass: {passes_text(self.passes)}" if self.passes else "")
             + (f"; against the fast path: {self.changed_objects} of these objects not reproduced pixel for pixel, "
                f"{self.reshaped_objects} without a fast object at IoU > 0.9, {self.unpartnered_objects} without one at "
-               f"IoU > 0.5; its score against them {self.agreement:.4f}" if self.changed_objects is not None else "")
+               f"IoU > 0.5{self._apart()}; its score against them {self.agreement:.4f}"
+               if self.changed_objects is not None else "")
         )
+
+    def _apart(self) -> str:
+        if self.unpartnered_apart is None or self.unpartnered_objects is None:
+            return ""
+        alike = self.unpartnered_objects - self.unpartnered_apart
+        return (f" ({alike} in the images both runs resized alike, {self.unpartnered_apart} in the "
+                f"{self.images_apart} image(s) they resized by different factors)")
 
 
 def network_passes(predictor) -> tuple[tuple[str, float, float], ...]:
@@ -179,6 +194,8 @@ class _Clock:
     keep_objects: bool = False
     #: per image: (shape, run-length encodings of its objects), with ``keep_objects``.
     objects: list[tuple[tuple[int, int], list[str]]] = field(default_factory=list)
+    #: per image: the members' resize factors of its final pass, with ``keep_objects``.
+    scales: list[tuple[tuple[str, float], ...]] = field(default_factory=list)
 
     def run(self, predictor, ensemble, image) -> float:
         from competition.postprocess import watershed_instances
@@ -194,6 +211,7 @@ class _Clock:
         t3 = time.perf_counter()
         if self.keep_objects:
             self.objects.append((label.shape, rles))
+            self.scales.append(tuple(route.scales))
         self.post += t2 - t1
         self.encode += t3 - t2
         self.per_image.append(t3 - t0)
@@ -213,11 +231,21 @@ class ObjectChanges(NamedTuple):
     agreement: float  #: the fast run's competition score against the reference as the solution
     reshaped: int  #: with no fast object at IoU > 0.9
     unpartnered: int  #: with no fast object at IoU > 0.5 (lost, split or merged)
+    #: the part of ``unpartnered`` in images the two runs resized by different factors
+    unpartnered_apart: int = 0
+    #: images the two runs resized by different factors
+    images_apart: int = 0
 
 
 def compare_objects(fast: "_Clock", reference: "_Clock") -> ObjectChanges:
     """How far ``fast``'s objects are from ``reference``'s on the same images (agreement 1.0
-    and no change when every image's objects are identical)."""
+    and no change when every image's objects are identical).
+
+    An image counts as resized apart when both clocks recorded its final pass's factors and
+    they differ: one step of the resize grid (:data:`~competition.predict.ensemble.SCALE_STEPS`)
+    moves every outline of the image, so its objects differ for the size estimate's sake,
+    not the network's numerics alone.
+    """
     from competition.metric import THRESHOLD_STEPS, score_images
     from competition.rle import rles_to_label
 
@@ -227,8 +255,11 @@ def compare_objects(fast: "_Clock", reference: "_Clock") -> ObjectChanges:
     result = score_images(pairs)
     n_true = sum(s.n_true for s in result.images)
     at_90, at_50 = THRESHOLD_STEPS.index(18), THRESHOLD_STEPS.index(10)  # t = k / 20
-    return ObjectChanges(changed, float(result.score), n_true - sum(s.tp[at_90] for s in result.images),
-                         n_true - sum(s.tp[at_50] for s in result.images))
+    apart = ([a != b for a, b in zip(fast.scales, reference.scales)]
+             if len(fast.scales) == len(reference.scales) == len(fast.objects) else [False] * len(fast.objects))
+    lost = [s.n_true - s.tp[at_50] for s in result.images]
+    return ObjectChanges(changed, float(result.score), n_true - sum(s.tp[at_90] for s in result.images), sum(lost),
+                         sum(n for n, off in zip(lost, apart) if off), sum(apart))
 
 
 def bench_inference(
@@ -306,7 +337,8 @@ def bench_inference(
         elif n_run >= len(tta) and fast_clock is not None:  # the engine check or the reference, against the fast run
             changes = compare_objects(fast_clock, clock)
             timing = replace(timing, changed_objects=changes.changed, agreement=changes.agreement,
-                             reshaped_objects=changes.reshaped, unpartnered_objects=changes.unpartnered)
+                             reshaped_objects=changes.reshaped, unpartnered_objects=changes.unpartnered,
+                             unpartnered_apart=changes.unpartnered_apart, images_apart=changes.images_apart)
         log.info("%s", timing.line())
         timings.append(timing)
     return timings

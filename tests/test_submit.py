@@ -530,6 +530,9 @@ def test_bench_inference_reports_each_tta_mode_the_engine_check_and_the_float32_
         assert compared.changed_objects is not None and 0.0 <= compared.agreement <= 1.0
         assert compared.changed_objects <= compared.n_objects
         assert "not reproduced pixel for pixel" in compared.line()
+        assert "in the images both runs resized alike" in compared.line()
+        assert 0 <= compared.unpartnered_apart <= compared.unpartnered_objects
+        assert 0 <= compared.images_apart <= compared.n_images
     assert timings[0].changed_objects is None and timings[1].changed_objects is None
     without = bench_inference(world["models"], "standin", world["data"], n_images=1, tta=("flips",), device="cpu",
                               loader=cached_loader, engine_check=False)
@@ -548,7 +551,7 @@ def test_compare_objects_counts_reference_objects_the_fast_run_does_not_reproduc
     a, b, c = _Clock(), _Clock(), _Clock()
     for clock, label in ((a, ref), (b, same), (c, moved)):
         clock.objects.append((label.shape, label_to_rles(label)))
-    assert compare_objects(b, a) == (0, 1.0, 0, 0)
+    assert compare_objects(b, a) == (0, 1.0, 0, 0, 0, 0)
     changes = compare_objects(c, a)
     assert changes.changed == 1 and changes.reshaped == 1, "moved at IoU 2/3: matched up to 0.65"
     assert changes.unpartnered == 0
@@ -557,7 +560,34 @@ def test_compare_objects_counts_reference_objects_the_fast_run_does_not_reproduc
     lost[lost == 2] = 0
     d = _Clock()
     d.objects.append((lost.shape, label_to_rles(lost)))
-    assert compare_objects(d, a)[2:] == (1, 1)
+    assert compare_objects(d, a)[2:] == (1, 1, 0, 0), "no factors recorded: every image counts as resized alike"
+
+
+def test_compare_objects_tells_images_resized_apart_from_the_rest():
+    from competition.bench_inference import InferenceTiming, _Clock, compare_objects
+    from competition.rle import label_to_rles
+
+    ref = np.zeros((20, 20), np.int32)
+    ref[2:6, 2:6], ref[10:15, 10:15] = 1, 2
+    lost = ref.copy()
+    lost[lost == 2] = 0
+    fast, reference = _Clock(), _Clock()
+    # image 0: one object lost at the same factors; image 1: both lost, resized one grid step
+    # apart; image 2: identical, resized apart
+    for label, f_scale, r_scale in ((lost, 1.0, 1.0), (np.zeros_like(ref), 1.0905, 1.0), (ref, 0.5, 0.4585)):
+        fast.objects.append((ref.shape, label_to_rles(label)))
+        reference.objects.append((ref.shape, label_to_rles(ref)))
+        fast.scales.append((("m", f_scale),))
+        reference.scales.append((("m", r_scale),))
+    changes = compare_objects(fast, reference)
+    assert changes.unpartnered == 3
+    assert (changes.unpartnered_apart, changes.images_apart) == (2, 2)
+    timing = InferenceTiming("flips", 3, 1.0, 0.5, 0.8, 0.1, 0.1, 4, changed_objects=changes.changed,
+                             agreement=changes.agreement, reshaped_objects=changes.reshaped,
+                             unpartnered_objects=changes.unpartnered, unpartnered_apart=changes.unpartnered_apart,
+                             images_apart=changes.images_apart)
+    assert ("3 without one at IoU > 0.5 (1 in the images both runs resized alike, 2 in the 2 image(s) they "
+            "resized by different factors)") in timing.line()
 
 
 def test_bench_resizes_the_timed_runs_and_keeps_the_reference_at_today_s_settings(world, monkeypatch):
