@@ -78,6 +78,14 @@ class PostprocessParams:
             picks per image type.
         seed_dilation: grow each seed by this many pixels (within the foreground) before the
             watershed; 0 keeps them as they are.
+        grow: after the holes are filled, grow each instance into the background by up to
+            this many pixels (Euclidean; ``skimage.segmentation.expand_labels``: a pixel goes
+            to the nearest instance, never to two, and instances never grow into each
+            other); 0 keeps the outlines. A number, not only whole pixels: counted in the
+            network's pixels (``size_units = "network"``) it is divided by each image's resize
+            factor (:meth:`at_scale`). On condition-out
+            fold 0 the stained images' annotated nuclei are larger than the network's (the
+            median matched object has 0.88 of its true area; fluorescence 1.04).
     """
 
     body_threshold: float = 0.5
@@ -87,6 +95,7 @@ class PostprocessParams:
     fill_holes: bool = True
     watershed_on: str = "seed"
     seed_dilation: int = 0
+    grow: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("body_threshold", "seed_threshold"):
@@ -104,6 +113,10 @@ class PostprocessParams:
             if isinstance(value, (bool, np.bool_)) or not whole or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
             object.__setattr__(self, name, int(value))
+        if isinstance(self.grow, (bool, np.bool_)) or not isinstance(self.grow, (int, float, np.number)) \
+                or not math.isfinite(float(self.grow)) or float(self.grow) < 0:
+            raise ValueError(f"grow must be a number of pixels >= 0, got {self.grow!r}")
+        object.__setattr__(self, "grow", float(self.grow))
         if not isinstance(self.fill_holes, (bool, np.bool_)):
             raise ValueError(f"fill_holes must be true or false, got {self.fill_holes!r}")
         object.__setattr__(self, "fill_holes", bool(self.fill_holes))
@@ -116,7 +129,8 @@ class PostprocessParams:
         """These parameters, counted in the pixels of a network that saw the image resized by
         ``factor``, for its probabilities at the image's own size: the areas
         (``min_seed_size``, ``min_size``) divided by ``factor`` squared and ``seed_dilation``
-        by ``factor``, rounded. Factor 1 returns the parameters themselves.
+        by ``factor``, rounded; ``grow`` divided by ``factor``, not rounded. Factor 1 returns
+        the parameters themselves.
 
         Raises:
             ValueError: a factor that is not a positive finite number.
@@ -128,7 +142,7 @@ class PostprocessParams:
             return self
         return dataclasses.replace(self, min_seed_size=round(self.min_seed_size / factor ** 2),
                                    min_size=round(self.min_size / factor ** 2),
-                                   seed_dilation=round(self.seed_dilation / factor))
+                                   seed_dilation=round(self.seed_dilation / factor), grow=self.grow / factor)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -348,7 +362,8 @@ def watershed_raw(
 
 
 def finish_instances(label: np.ndarray, params: PostprocessParams = PostprocessParams()) -> np.ndarray:
-    """The end of :func:`watershed_instances`: remove small objects, fill holes, relabel.
+    """The end of :func:`watershed_instances`: remove small objects, fill holes, grow the
+    instances by ``params.grow`` pixels into the background, relabel.
 
     Small objects go first, so a speck inside a nucleus's hole does not stop the fill.
 
@@ -357,6 +372,10 @@ def finish_instances(label: np.ndarray, params: PostprocessParams = PostprocessP
     label = remove_small_objects(label, params.min_size)
     if params.fill_holes:
         label = fill_holes_per_object(label)
+    if params.grow >= 1.0:  # under one pixel no background pixel is near enough to change
+        from skimage.segmentation import expand_labels
+
+        label = expand_labels(label, distance=params.grow)
     return relabel_consecutive(label)
 
 

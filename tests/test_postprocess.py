@@ -116,6 +116,10 @@ def test_from_dict_keeps_defaults_for_missing_keys():
         {"min_size": None},
         {"min_size": "16"},
         {"body_threshold": "0.5"},
+        {"grow": -1},
+        {"grow": True},
+        {"grow": float("nan")},
+        {"grow": "1"},
     ],
 )
 def test_params_validate_values(bad):
@@ -403,3 +407,29 @@ def test_component_distance_matches_whole_image_transform(seed):
     distance, components, n = _component_distance(mask)
     np.testing.assert_allclose(distance, ndi.distance_transform_edt(mask), atol=1e-5)
     assert n == ndi.label(mask, np.ones((3, 3)))[1]
+
+
+def test_grow_expands_instances_into_the_background_only():
+    label = np.zeros((20, 30), np.int32)
+    label[5:10, 5:10] = 1
+    label[5:10, 12:17] = 2  # two pixels of background between 1 and 2
+    base = PostprocessParams(min_size=0, fill_holes=False)
+    assert np.array_equal(finish_instances(label, base), label)
+    assert np.array_equal(finish_instances(label, dataclasses.replace(base, grow=0.9)), label), "under a pixel: no change"
+    grown = finish_instances(label, dataclasses.replace(base, grow=1))
+    assert (grown == 1).sum() == 25 + 4 * 5 and (grown == 2).sum() == 25 + 4 * 5  # the 4-neighbour ring, no corners
+    assert np.array_equal(grown[label > 0], label[label > 0]), "no instance loses or swaps a pixel"
+    wide = finish_instances(label, dataclasses.replace(base, grow=3))
+    assert set(np.unique(wide[7, 10:12])) == {1, 2}, "the gap is shared, each pixel to its nearest instance"
+    assert (wide[label == 1] == 1).all() and (wide[label == 2] == 2).all()
+    assert PostprocessParams.from_dict({}).grow == 0.0
+
+
+def test_grow_runs_after_the_size_filter_in_the_chain():
+    # a 4-pixel speck is removed by min_size before growing could lift it over the limit
+    probs = np.zeros((3, 24, 24), np.float32)
+    probs[0, 4:6, 4:6] = probs[0, 10:18, 10:18] = 0.9
+    out = watershed_instances(probs, PostprocessParams(body_threshold=0.5, seed_threshold=0.5, min_seed_size=0,
+                                                       min_size=16, grow=2))
+    assert out.max() == 1 and out[4:6, 4:6].max() == 0
+    assert (out == 1).sum() > 64

@@ -32,6 +32,7 @@ def test_at_scale_converts_pixel_counts_and_keeps_the_rest():
     assert p.at_scale(1.0) is p
     up = p.at_scale(2.0)  # the network saw the image twice as large: a nucleus covers a quarter of the pixels here
     assert (up.min_seed_size, up.min_size, up.seed_dilation) == (2, 12, 1)
+    assert PostprocessParams(grow=3).at_scale(2.0).grow == 1.5, "a distance, divided by the factor and not rounded"
     down = p.at_scale(0.5)
     assert (down.min_seed_size, down.min_size, down.seed_dilation) == (32, 192, 4)
     assert (up.body_threshold, up.seed_threshold, up.fill_holes, up.watershed_on) == (0.4, 0.6, True, "seed")

@@ -139,3 +139,27 @@ def test_default_grid_runs_and_result_serialises():
     assert PostprocessParams.from_dict(d["params"]) == result.params
     assert d["n_images"] == 2
     assert len(d["history"]) == sum(len(v) for v in DEFAULT_GRID.values())
+
+
+def test_tuning_grows_outlines_that_the_truth_draws_larger():
+    # the network's nuclei 2 px tighter than the annotation: only growing mends the outlines
+    from skimage.segmentation import expand_labels
+
+    true = np.zeros((60, 60), np.int32)
+    for n, (cy, cx) in enumerate([(15, 15), (15, 42), (42, 28)], 1):
+        yy, xx = np.ogrid[:60, :60]
+        true[(yy - cy) ** 2 + (xx - cx) ** 2 <= 64] = n
+    tight = np.where((true > 0) & (expand_labels((true == 0).astype(np.int32), 2) == 0), 0.9, 0.05).astype(np.float32)[None]
+    base = PostprocessParams(body_threshold=0.5, seed_threshold=0.5, min_seed_size=0, min_size=0)
+    assert score_params([(tight, true)], base) < 0.8
+    result = tune_postprocess([(tight, true)], {"grow": DEFAULT_GRID["grow"]}, base)
+    assert result.params.grow == 2
+    assert result.score_after == 1.0
+
+
+def test_grow_keeps_its_place_in_the_descent_and_leads_the_default_grid():
+    # min_size and fill_holes go last; grow, which trades against the body threshold, is
+    # visited where the grid puts it: first in the default grid
+    assert next(iter(DEFAULT_GRID)) == "grow"
+    result = tune_postprocess(faint_samples(), {"min_size": [16], "grow": [0, 1], "body_threshold": [0.5]}, n_rounds=1)
+    assert [name for name, _, _ in result.history] == ["grow", "grow", "body_threshold", "min_size"]
