@@ -20,7 +20,7 @@ member falls back to the ``all`` members. ``colour_views`` (optional, image type
 by tuning): the members' probabilities of that type's images are averaged over the image and
 these colour views of it (:data:`competition.predict.preprocess.COLOUR_VIEWS`).
 ``size_units`` (optional, written by tuning): ``"network"`` when the entry's pixel counts
-(``min_seed_size``, ``min_size``, ``seed_dilation``) count the pixels of the network's input,
+(``min_seed_size``, ``min_size``, ``seed_dilation``, ``grow``) count the pixels of the network's input,
 so that they scale with each image's resize factor
 (:meth:`~competition.postprocess.PostprocessParams.at_scale`); absent (``"image"``): the
 image's own pixels, as files tuned before 2026-12-05 hold them. ``refit`` (top level, written by

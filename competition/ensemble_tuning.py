@@ -110,7 +110,7 @@ def tune_ensemble(
             ``colour_views``) when that scores higher: cross-fitted when ``conditions`` are
             given, else tuned in sample. Empty: no views, and a tuned type's colour views are
             cleared (its parameters are tuned on maps without them).
-        size_units: what the pixel counts (``min_seed_size``, ``min_size``,
+        size_units: what the pixel counts (``min_seed_size``, ``min_size``, ``grow``,
             ``seed_dilation``) are tuned and written in: ``"image"`` (default), the image's
             own pixels; ``"network"``, the pixels of the network's input: each out-of-fold map
             counts with the factor its image was resized by (the true median nucleus to the

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(gray, gbr, brg): kept per image type where averaging them scores better "
                              "(cross-fitted with --folds); empty: none")
     parser.add_argument("--size-units", choices=("image", "network"), default="image",
-                        help="count the tuned pixel sizes (min_seed_size, min_size, seed_dilation) in the image's "
+                        help="count the tuned pixel sizes (min_seed_size, min_size, seed_dilation, grow) in the image's "
                              "own pixels (default), or in the pixels of the network's input, which follow each "
                              "image's resize factor")
 
