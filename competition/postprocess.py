@@ -98,12 +98,14 @@ class PostprocessParams:
     grow: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("body_threshold", "seed_threshold"):
+        for name, hi, number, bounds in (("body_threshold", 1.0, "a number in [0, 1]", "in [0, 1]"),
+                                         ("seed_threshold", 1.0, "a number in [0, 1]", "in [0, 1]"),
+                                         ("grow", math.inf, "a number of pixels >= 0", "a finite number >= 0")):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"{name} must be {number}, got {value!r}")
+            if not (math.isfinite(float(value)) and 0.0 <= float(value) <= hi):
+                raise ValueError(f"{name} must be {bounds}, got {value!r}")
             object.__setattr__(self, name, float(value))
         for name in ("min_seed_size", "min_size", "seed_dilation"):
             value = getattr(self, name)
@@ -113,10 +115,6 @@ class PostprocessParams:
             if isinstance(value, (bool, np.bool_)) or not whole or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
             object.__setattr__(self, name, int(value))
-        if isinstance(self.grow, (bool, np.bool_)) or not isinstance(self.grow, (int, float, np.number)) \
-                or not math.isfinite(float(self.grow)) or float(self.grow) < 0:
-            raise ValueError(f"grow must be a number of pixels >= 0, got {self.grow!r}")
-        object.__setattr__(self, "grow", float(self.grow))
         if not isinstance(self.fill_holes, (bool, np.bool_)):
             raise ValueError(f"fill_holes must be true or false, got {self.fill_holes!r}")
         object.__setattr__(self, "fill_holes", bool(self.fill_holes))
