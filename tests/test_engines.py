@@ -60,6 +60,18 @@ def test_openvino_bf16_stays_within_the_bf16_tolerance(member):
     assert diff.max() <= E.TOLERANCE[("openvino", "bf16")]
 
 
+@pytest.mark.parametrize("engine", FAST)
+def test_a_fast_engines_output_survives_its_next_call(engine, member):
+    """predict_network weighs each output into the sum after the batch's call; an engine that
+    handed back its request's own buffer would see it overwritten by the next call."""
+    folder, net = member
+    fast = E.make_engine(engine, net, folder=folder, arch="Unet", precision="fp32", threads=1)
+    first = fast(torch.from_numpy(normalised(64, 64, seed=1)[None]))
+    kept = first.clone()
+    fast(torch.from_numpy(normalised(64, 64, seed=2)[None]))
+    assert torch.equal(first, kept)
+
+
 @pytest.mark.skipif(not FAST, reason="neither onnxruntime nor openvino installed")
 def test_the_export_is_keyed_by_the_weights_reused_and_rebuilt_when_they_change(tmp_path):
     net = tiny_unet(0)

@@ -172,8 +172,8 @@ class OpenVinoEngine:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        out = self.request.infer({0: x})
-        return torch.from_numpy(np.array(next(iter(out.values())), dtype=np.float32, copy=True))
+        out = self.request.infer({0: x})  # share_outputs=False: the arrays are copies, ours to keep
+        return torch.from_numpy(np.asarray(next(iter(out.values())), dtype=np.float32))
 
 
 # ----------------------------------------------------------------------------- export
