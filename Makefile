@@ -27,6 +27,10 @@ SIZE_UNITS ?= image
 # What runs the network: auto (the fastest installed on the CPU, torch on CUDA), torch,
 # onnxruntime or openvino.
 ENGINE ?= auto
+# Predictors working on different images at once, each on its share of the threads (empty:
+# auto, 2 on a CPU with OpenVINO or ONNX Runtime, else 1; the objects are the same).
+STREAMS ?=
+STREAMING = $(if $(STREAMS),--image-streams $(STREAMS))
 # Resize factors of the first nucleus-size pass (empty: the default, 1 0.5 0.25).
 SURVEY ?=
 # Resizing of the size-estimated passes (empty: the defaults): the nucleus diameter they aim
@@ -98,7 +102,7 @@ test: $(SETUP)  ## run the test suite
 bench: $(SETUP)  ## speed figures: metric and RLE against naive references; inference of RECIPE when trained
 	$(PYTHON) -m competition bench --data $(DATA_DIR)
 	@if ls $(MODELS)/$(RECIPE)/*/*/best.pt >/dev/null 2>&1; then \
-		$(PYTHON) -m competition.bench_inference --models $(MODELS) --recipe $(RECIPE) --data $(DATA_DIR) --engine $(ENGINE) --size-passes $(SIZE_PASSES) $(RESIZING); \
+		$(PYTHON) -m competition.bench_inference --models $(MODELS) --recipe $(RECIPE) --data $(DATA_DIR) --engine $(ENGINE) --size-passes $(SIZE_PASSES) $(RESIZING) $(STREAMING); \
 	else echo "no trained $(MODELS)/$(RECIPE): train it (make train-all RECIPE=$(RECIPE)) for the inference figures"; fi
 
 data: $(SETUP)  ## download and unpack the competition into DATA_DIR (needs Kaggle credentials)
@@ -142,12 +146,12 @@ tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of 
 	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)" --size-units $(SIZE_UNITS)
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
-	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) \
+	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) $(STREAMING) \
 		$(if $(SOLUTION),--solution $(SOLUTION),$(if $(wildcard $(CALIBRATION)),--calibration $(CALIBRATION))) $(if $(KAGGLE_SUBMIT),--kaggle)
 
 holdout: $(SETUP)  ## the whole submit pipeline on training fold FOLD (held out by RECIPE's members), scored like the leaderboard
 	test -d $(HOLDOUT)/stage1_test || $(PYTHON) -m competition holdout --data $(DATA_DIR) --folds $(BUILD)/folds.csv --fold $(FOLD) --out $(HOLDOUT) --scale $(HOLDOUT_SCALE)
-	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(HOLDOUT) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) \
+	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(HOLDOUT) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) $(STREAMING) \
 		--out-dir $(HOLDOUT)/submissions --solution $(HOLDOUT)/solution.csv --leaderboard $(HOLDOUT)/leaderboard.csv \
 		--crossfit --calibration $(HOLDOUT_CALIBRATION)
 

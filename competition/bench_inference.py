@@ -116,6 +116,9 @@ class InferenceTiming:
     unpartnered_apart: int | None = None
     images_apart: int | None = None
     passes: tuple[tuple[str, float, float], ...] = ()
+    #: image streams (predictors on different images at once): the stage seconds are summed
+    #: over them, so their shares of ``total_s`` (wall clock) add up to about this many times 100%
+    streams: int = 1
 
     @property
     def images_per_s(self) -> float:
@@ -126,7 +129,9 @@ class InferenceTiming:
         other = self.predict_s - self.network_s
         return (
             f"inference {self.engine:<16} TTA {self.tta:<5} {self.n_images:3d} images {self.total_s:7.1f} s "
-            f"({self.images_per_s:5.2f} img/s): network {share(self.network_s):4.1f}%, "
+            f"({self.images_per_s:5.2f} img/s"
+            + (f", {self.streams} image streams: shares summed over them" if self.streams > 1 else "")
+            + f"): network {share(self.network_s):4.1f}%, "
             f"tiling/normalise/blend {share(other):4.1f}%, post-processing {share(self.postprocess_s):4.1f}%, "
             f"encoding {share(self.encode_s):4.1f}%; {self.n_objects} objects"
             + (f"; size passes {share(self.size_pass_s):4.1f}% of the time" if self.size_pass_s else "")
@@ -171,11 +176,35 @@ REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": 0
 ENGINE_CHECK_LABEL = " at the fast sizing"
 
 
-def _predictor(ensemble, *, device, tta, tiling, loader, engine, precision=None, sizing=None):
+def _predictor(ensemble, *, device, tta, tiling, loader, engine, precision=None, sizing=None, threads=None,
+               pin_threads=True):
     from competition.predict import EnsemblePredictor, Tiling
 
     return EnsemblePredictor(ensemble, device=device, tta=tta, tiling=tiling or Tiling(), loader=loader,
-                             engine=engine, precision=precision, **(sizing or {}))
+                             engine=engine, precision=precision, threads=threads, pin_threads=pin_threads,
+                             **(sizing or {}))
+
+
+def _predictors(ensemble, streams: int | None, *, device, tta, tiling, loader, engine, threads=None, precision=None,
+                sizing=None) -> list:
+    """The predictors of one timed run: as many as its image streams (see
+    :mod:`competition.predict.streams`; None: ``auto``), each on its share of ``threads``."""
+    from competition.predict.streams import resolve_streams, stream_threads
+
+    n = resolve_streams(streams, device, engine, threads)
+    return [_predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine=engine,
+                       precision=precision, sizing=sizing, threads=stream_threads(threads, n), pin_threads=n == 1)
+            for _ in range(n)]
+
+
+def _summed_passes(predictors) -> tuple[tuple[str, float, float], ...]:
+    """:func:`network_passes` summed over the predictors of one run (image streams)."""
+    from competition.predict import PredictorTimings
+
+    class _Sum:  # network_passes reads .timings
+        timings = PredictorTimings.summed([p.timings for p in predictors])
+
+    return network_passes(_Sum)
 
 
 def _label(predictor, precision) -> str:
@@ -197,7 +226,13 @@ class _Clock:
     #: per image: the members' resize factors of its final pass, with ``keep_objects``.
     scales: list[tuple[tuple[str, float], ...]] = field(default_factory=list)
 
-    def run(self, predictor, ensemble, image) -> float:
+    #: wall-clock seconds of :meth:`run_all` (0 when only :meth:`run` ran: then the images' sum)
+    wall: float = 0.0
+
+    @staticmethod
+    def measure(predictor, ensemble, image) -> tuple:
+        """Predict, post-process and encode one image; ``(seconds, post-processing seconds,
+        encoding seconds, label shape, encodings, the final pass's factors)``."""
         from competition.postprocess import watershed_instances
         from competition.rle import label_to_rles
 
@@ -207,20 +242,53 @@ class _Clock:
         label = watershed_instances(probs, ensemble.params_for(route.image_type, scale=route.scale)[0], predictor.channels)
         t2 = time.perf_counter()
         rles = label_to_rles(label)
-        self.n_objects += len(rles)
         t3 = time.perf_counter()
-        if self.keep_objects:
-            self.objects.append((label.shape, rles))
-            self.scales.append(tuple(route.scales))
-        self.post += t2 - t1
-        self.encode += t3 - t2
-        self.per_image.append(t3 - t0)
-        return t3 - t0
+        return t3 - t0, t2 - t1, t3 - t2, label.shape, rles, tuple(route.scales)
 
-    def timing(self, predictor, tta: str, label: str) -> InferenceTiming:
-        return InferenceTiming(tta, len(self.per_image), sum(self.per_image), predictor.timings.network.seconds,
-                               predictor.timings.predict, self.post, self.encode, self.n_objects,
-                               predictor.timings.size_estimate, label, passes=network_passes(predictor))
+    def add(self, done: tuple) -> float:
+        """Count one :meth:`measure` result; its seconds."""
+        seconds, post, encode, shape, rles, scales = done
+        self.n_objects += len(rles)
+        if self.keep_objects:
+            self.objects.append((shape, rles))
+            self.scales.append(scales)
+        self.post += post
+        self.encode += encode
+        self.per_image.append(seconds)
+        return seconds
+
+    def run(self, predictor, ensemble, image) -> float:
+        """:meth:`measure` and :meth:`add` one image."""
+        return self.add(self.measure(predictor, ensemble, image))
+
+    def run_all(self, predictors, ensemble, images, progress=None) -> None:
+        """Every image through the predictors' streams (:func:`~competition.predict.streams.run_streams`),
+        counted in order; :attr:`wall` adds the wall-clock time. ``progress(n, seconds)``
+        is called after each image."""
+        from competition.predict.streams import run_streams
+
+        t0 = time.perf_counter()
+        for n, (_, done) in enumerate(run_streams(predictors, images, lambda p, image: self.measure(p, ensemble, image)), 1):
+            self.add(done)
+            if progress is not None:
+                progress(n, time.perf_counter() - t0)
+        self.wall += time.perf_counter() - t0
+
+    @property
+    def total(self) -> float:
+        """The run's seconds: the wall clock of :meth:`run_all`, else the images' sum."""
+        return self.wall or sum(self.per_image)
+
+    def timing(self, predictors, tta: str, label: str) -> InferenceTiming:
+        """The run's :class:`InferenceTiming` (``predictors``: one, or the run's streams, whose
+        network, predict and size-pass seconds are summed)."""
+        from competition.predict import PredictorTimings
+
+        predictors = predictors if isinstance(predictors, (list, tuple)) else [predictors]
+        t = PredictorTimings.summed([p.timings for p in predictors])
+        return InferenceTiming(tta, len(self.per_image), self.total, t.network.seconds, t.predict, self.post,
+                               self.encode, self.n_objects, t.size_estimate, label,
+                               passes=_summed_passes(predictors), streams=len(predictors))
 
 
 class ObjectChanges(NamedTuple):
@@ -278,6 +346,7 @@ def bench_inference(
     reference: str | None = "flips",
     sizing: dict | None = None,
     engine_check: bool = True,
+    streams: int | None = None,
 ) -> list[InferenceTiming]:
     """Time the ensemble of ``recipe`` on the test images of ``data_dir``.
 
@@ -301,6 +370,8 @@ def bench_inference(
         engine_check: with ``reference``, also run float32 PyTorch at the timed runs' own
             ``sizing`` before the reference: its objects against the fast path's are the
             engine's difference alone (the reference's also hold the resizing's).
+        streams: image streams of the timed runs (:mod:`competition.predict.streams`; None:
+            ``auto``, as ``make submit``); the PyTorch runs have one.
 
     Returns:
         One :class:`InferenceTiming` per TTA mode, then the engine check's, then the reference's.
@@ -322,16 +393,16 @@ def bench_inference(
         runs.append((reference, "torch", "fp32", REFERENCE_SIZING, ""))
     timings, fast_clock = [], None  # fast_clock: the last fast run in the reference's TTA mode
     for n_run, (mode, run_engine, precision, run_sizing, suffix) in enumerate(runs):
-        predictor = _predictor(ensemble, device=device, tta=mode, tiling=tiling, loader=loader, engine=run_engine,
-                               precision=precision, sizing=run_sizing)
-        if predictor.device.type == "cuda":  # warm-up: cuDNN autotuning is not inference time
-            predictor.predict(images[0])
-            predictor = _predictor(ensemble, device=device, tta=mode, tiling=tiling, loader=loader,
-                                   engine=run_engine, precision=precision, sizing=run_sizing)
+        build = lambda: _predictors(ensemble, streams if n_run < len(tta) else None, device=device,  # noqa: E731
+                                    tta=mode, tiling=tiling, loader=loader, engine=run_engine, threads=threads,
+                                    precision=precision, sizing=run_sizing)
+        predictors = build()
+        if predictors[0].device.type == "cuda":  # warm-up: cuDNN autotuning is not inference time
+            predictors[0].predict(images[0])
+            predictors = build()
         clock = _Clock(keep_objects=reference is not None and mode == reference)
-        for image in images:
-            clock.run(predictor, ensemble, image)
-        timing = clock.timing(predictor, mode, _label(predictor, precision) + suffix)
+        clock.run_all(predictors, ensemble, images)
+        timing = clock.timing(predictors, mode, _label(predictors[0], precision) + suffix)
         if n_run < len(tta) and clock.keep_objects:
             fast_clock = clock
         elif n_run >= len(tta) and fast_clock is not None:  # the engine check or the reference, against the fast run
@@ -404,6 +475,7 @@ class Stage2Report:
     tta: str
     largest: tuple[int, int]
     passes: tuple[tuple[str, float, float], ...] = ()
+    streams: int = 1
 
     @property
     def s_per_image(self) -> float:
@@ -428,7 +500,9 @@ class Stage2Report:
             f"stage-2-like {self.engine:<16} TTA {self.tta:<5} {self.n_images:4d} images ({self.megapixels:.1f} MP, "
             f"largest {self.largest[0]}x{self.largest[1]}): {self.total_s:7.1f} s, {self.s_per_image:.2f} s/image, "
             f"{self.s_per_mp:.2f} s/MP; projected {STAGE2_IMAGES} images: {self.projected_min:.0f} min"
-            + (f"; network by pass: {passes_text(self.passes)}" if self.passes else ""),
+            + (f"; {self.streams} image streams" if self.streams > 1 else "")
+            + (f"; network by pass{' (summed over the streams)' if self.streams > 1 else ''}: "
+               f"{passes_text(self.passes)}" if self.passes else ""),
             f"stage-2-like reference torch fp32 on {self.n_reference} of them: {ref_per_image:.2f} s/image against "
             f"{fast_per_image:.2f} s/image: {self.ratio:.2f}x faster; reference projected {STAGE2_IMAGES} images: "
             f"{self.projected_min * self.ratio:.0f} min",
@@ -437,42 +511,57 @@ class Stage2Report:
 
 def bench_stage2(models_dir: str | Path, recipe: str, n_images: int = 100, *, every: int = 8, tta: str = "flips",
                  device: str = "auto", engine: str = "auto", threads: int | None = None, seed: int = 0,
-                 tiling=None, loader=None, sizing: dict | None = None) -> Stage2Report:
-    """Time the ensemble on :func:`stage2_like` images (with ``sizing``, see
+                 tiling=None, loader=None, sizing: dict | None = None, streams: int | None = None) -> Stage2Report:
+    """Time the ensemble on :func:`stage2_like` images (with ``sizing`` and ``streams``, see
     :func:`bench_inference`), and the float32 PyTorch reference (:data:`REFERENCE_SIZING`) on
-    every ``every``-th of them (``every`` 0: no reference). Drawing the images is not timed."""
+    every ``every``-th of them (``every`` 0: no reference). The images are drawn first, not
+    timed.
+
+    The fast path's time on the reference's images (for the ratio) is their own seconds,
+    each measured in its stream, divided by the number of streams: the streams' seconds add
+    up to about that many times the wall clock."""
     from competition.ensemble import load_ensemble
     from competition.predict import set_threads
 
     ensemble = load_ensemble(models_dir, recipe, create=False)
     set_threads(threads)
-    fast = _predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine=engine, sizing=sizing)
-    ref = _predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine="torch",
-                     precision="fp32", sizing=REFERENCE_SIZING) if every else None
+    images = [image for _, image in stage2_like(n_images, seed)]
+    fast = _predictors(ensemble, streams, device=device, tta=tta, tiling=tiling, loader=loader, engine=engine,
+                       threads=threads, sizing=sizing)
     fast_clock, ref_clock = _Clock(), _Clock()
-    fast_on_ref, megapixels, largest = 0.0, 0.0, (0, 0)
-    for i, (_, image) in enumerate(stage2_like(n_images, seed)):
-        megapixels += image.shape[0] * image.shape[1] / 1e6
-        largest = max(largest, image.shape[:2], key=lambda s: s[0] * s[1])
-        seconds = fast_clock.run(fast, ensemble, image)
-        if ref is not None and i % every == 0:
-            ref_clock.run(ref, ensemble, image)
-            fast_on_ref += seconds
-        if (i + 1) % 25 == 0:
-            log.info("stage-2-like: %d/%d images, %.1f s", i + 1, n_images, sum(fast_clock.per_image))
-    return Stage2Report(len(fast_clock.per_image), megapixels, sum(fast_clock.per_image), len(ref_clock.per_image),
-                        sum(ref_clock.per_image), fast_on_ref, fast.engine, tta, tuple(largest), network_passes(fast))
+
+    def progress(n: int, seconds: float) -> None:
+        if n % 25 == 0:
+            log.info("stage-2-like: %d/%d images, %.1f s", n, len(images), seconds)
+
+    fast_clock.run_all(fast, ensemble, images, progress)
+    fast_on_ref = 0.0
+    if every:
+        ref = _predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine="torch",
+                         precision="fp32", sizing=REFERENCE_SIZING)
+        for i in range(0, len(images), every):
+            ref_clock.run(ref, ensemble, images[i])
+            fast_on_ref += fast_clock.per_image[i] / len(fast)
+    megapixels = sum(image.shape[0] * image.shape[1] for image in images) / 1e6
+    largest = max((image.shape[:2] for image in images), key=lambda s: s[0] * s[1], default=(0, 0))
+    return Stage2Report(len(fast_clock.per_image), megapixels, fast_clock.total, len(ref_clock.per_image),
+                        sum(ref_clock.per_image), fast_on_ref, fast[0].engine, tta, tuple(largest),
+                        _summed_passes(fast), streams=len(fast))
 
 
 def peak_memory(models_dir: str | Path, recipe: str, shape: tuple[int, int] = STAGE2_SHAPES[-1][:2], *,
                 tta: str = "flips", engine: str = "auto", threads: int | None = None, sizing: dict | None = None,
-                tiling=None) -> dict:
+                tiling=None, streams: int | None = None) -> dict:
     """Maximum resident set size of a fresh process that loads the ensemble and predicts
-    (and post-processes) one generated image of ``shape``: ``{"shape", "peak_rss_mb", "seconds"}``."""
+    (and post-processes) one generated image of ``shape`` in each of its image streams at
+    once (the worst case of a run: the largest image in every stream):
+    ``{"shape", "streams", "peak_rss_mb", "seconds"}``."""
     command = [sys.executable, "-m", "competition.bench_inference", "--models", str(models_dir), "--recipe", recipe,
                "--engine", engine, "--tta", tta, "--_one-image", f"{shape[0]}x{shape[1]}"]
     if threads:
         command += ["--threads", str(threads)]
+    if streams:
+        command += ["--image-streams", str(streams)]
     for name, value in (sizing or {}).items():
         if value is not None:
             command += [f"--{name.replace('_', '-')}", str(value)]
@@ -499,7 +588,7 @@ def _peak_rss_kb() -> int | None:
 
 
 def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str, threads, sizing=None,
-               tiling=None) -> dict:
+               tiling=None, streams=None) -> dict:
     """The child of :func:`peak_memory`."""
     import resource
 
@@ -512,13 +601,14 @@ def _one_image(models_dir, recipe, shape: tuple[int, int], tta: str, engine: str
     set_threads(threads)
     ensemble = load_ensemble(models_dir, recipe, create=False)
     image, _ = draw_image("histology", shape, np.random.default_rng(0))
-    predictor = _predictor(ensemble, device="cpu", tta=tta, tiling=tiling, loader=None, engine=engine, sizing=sizing)
+    predictors = _predictors(ensemble, streams, device="cpu", tta=tta, tiling=tiling, loader=None, engine=engine,
+                             threads=threads, sizing=sizing)
     t0 = time.perf_counter()
-    _Clock().run(predictor, ensemble, image)
+    _Clock().run_all(predictors, ensemble, [image] * len(predictors))
     seconds = time.perf_counter() - t0
     peak_kb = _peak_rss_kb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    return {"shape": list(shape), "engine": predictor.engine, "tta": tta, "peak_rss_mb": round(peak_kb / 1024, 1),
-            "seconds": round(seconds, 2)}
+    return {"shape": list(shape), "streams": len(predictors), "engine": predictors[0].engine, "tta": tta,
+            "peak_rss_mb": round(peak_kb / 1024, 1), "seconds": round(seconds, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -546,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-every", type=int, default=8, metavar="K",
                         help="time the reference on every K-th stage-2-like image")
     parser.add_argument("--no-peak-memory", action="store_true", help="skip the peak-memory run")
+    parser.add_argument("--image-streams", type=int, metavar="N",
+                        help="image streams of the fast path, as submit's (default: auto, 2 on a CPU with a fast "
+                             "engine; the PyTorch runs have one)")
     parser.add_argument("--size-passes", type=int,
                         help="size passes of the timed runs, as submit's --size-passes (default: the predictor's, 2); "
                              "the reference keeps today's")
@@ -567,13 +660,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.one_image:
             height, width = (int(v) for v in args.one_image.split("x"))
             print(json.dumps(_one_image(args.models, args.recipe, (height, width), args.tta[-1], args.engine,
-                                        args.threads, sizing, tiling)))
+                                        args.threads, sizing, tiling, args.image_streams)))
             return 0
         print(f"cpu: {cpu_model() or 'not named by /proc/cpuinfo'} (the figures below are this machine's)", flush=True)
         timings = bench_inference(args.models, args.recipe, args.data, args.n_images, args.tta, device=args.device,
                                   threads=args.threads, engine=args.engine, tiling=tiling,
                                   reference=None if args.no_reference else "flips", sizing=sizing,
-                                  engine_check=not args.no_engine_check)
+                                  engine_check=not args.no_engine_check, streams=args.image_streams)
         for timing in timings:
             print(timing.line(), flush=True)
         fast = {t.tta: t for t in timings[: len(args.tta)]}
@@ -584,13 +677,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage2_like:
             report = bench_stage2(args.models, args.recipe, args.stage2_like, every=0 if args.no_reference else
                                   args.reference_every, device=args.device, engine=args.engine, threads=args.threads,
-                                  sizing=sizing, tiling=tiling)
+                                  sizing=sizing, tiling=tiling, streams=args.image_streams)
             for line in report.lines()[: 1 if args.no_reference else 2]:
                 print(line, flush=True)
         if not args.no_peak_memory:
             peak = peak_memory(args.models, args.recipe, engine=args.engine, threads=args.threads, sizing=sizing,
-                               tiling=tiling)
-            print(f"peak memory: {peak['peak_rss_mb'] / 1024:.2f} GB resident predicting one "
+                               tiling=tiling, streams=args.image_streams)
+            at_once = "one" if peak["streams"] == 1 else f"{peak['streams']} (one per image stream, at once)"
+            print(f"peak memory: {peak['peak_rss_mb'] / 1024:.2f} GB resident predicting {at_once} "
                   f"{peak['shape'][0]}x{peak['shape'][1]} image ({peak['engine']}, TTA {peak['tta']}, "
                   f"{peak['seconds']:.1f} s)")
     except UserError as exc:

@@ -81,7 +81,11 @@ class SubmitOptions:
         kaggle: upload with the kaggle CLI.
         message: the upload message (default: recipe, stage, TTA and local CV).
         postprocess_workers: threads post-processing while the network runs (default: 1 on
-            CUDA, 0 on the CPU, where both would compete for the same cores).
+            CUDA, 0 on the CPU, where both would compete for the same cores; with several
+            image streams each stream post-processes its own images).
+        image_streams: predictors working on different images at once, each on its share
+            of ``threads`` (:mod:`competition.predict.streams`; None: ``auto``, 2 on a CPU with
+            ONNX Runtime or OpenVINO, else 1). They change no object, only the time.
         threads: torch CPU threads (default: torch's, one per core). On a machine whose
             cores are busy with other work, 1 can be several times faster: a team of
             OpenMP threads waits at every layer for its slowest (descheduled) thread.
@@ -120,6 +124,7 @@ class SubmitOptions:
     kaggle: bool = False
     message: str | None = None
     postprocess_workers: int | None = None
+    image_streams: int | None = None
     threads: int | None = None
     size_passes: int = 2
     crossfit: bool = False
@@ -398,13 +403,16 @@ def _progress(total: int, initial: int):
                 disable=not sys.stderr.isatty())
 
 
-def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dict[str, str], *, strict: bool,
+def _predict_all(predictors, ensemble, split: Path, ids: list[str], problems: dict[str, str], *, strict: bool,
                  workers: int, crossfit: bool = False, cache: _ImageCache | None = None) -> _Predictions:
     """Read (ahead, in a thread), predict, post-process and encode every readable image.
 
-    With ``workers`` > 0, post-processing and encoding run in that many threads while the
-    network predicts the next image. Images found in ``cache`` are taken from it; every
-    image predicted is added to it as soon as it is done.
+    With one predictor: with ``workers`` > 0, post-processing and encoding run in that many
+    threads while the network predicts the next image. With several (image streams, see
+    :func:`competition.predict.streams.run_streams`), each reads, predicts, post-processes
+    and encodes its own images, and the results are collected in the images' order. Images
+    found in ``cache`` are taken from it; every image predicted is added to it as soon as
+    it is done.
     """
     from competition.data.conditions import ImageFeatures, image_features
     from competition.data.io import read_image
@@ -417,6 +425,8 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
 
     def params_of(image_id: str, image_type: str, scale: float = 1.0):
         return ensemble.params_for(image_type, crossfit_id=image_id if crossfit else None, scale=scale)
+
+    predictor = predictors[0]
 
     def finish(image_id: str, probs: np.ndarray, image_type: str, scale: float) -> tuple[str, list[str], float, float, int]:
         t0 = time.perf_counter()
@@ -451,6 +461,12 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
     if n_cached:
         log.info("%d image(s) taken from the cache %s, %d to predict", n_cached, cache.folder, len(readable))
     bar = _progress(len(readable) + n_cached, n_cached)
+    if len(predictors) > 1:
+        try:
+            _predict_streams(predictors, split, readable, out, strict, params_of, finish, collect)
+        finally:
+            bar.close()
+        return _fill_missing(out, ids)
     pool, pending = None, []
     if workers > 0:
         from concurrent.futures import ThreadPoolExecutor
@@ -485,11 +501,51 @@ def _predict_all(predictor, ensemble, split: Path, ids: list[str], problems: dic
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    return _fill_missing(out, ids)
+
+
+def _fill_missing(out: _Predictions, ids: list[str]) -> _Predictions:
+    """An empty row (and the reason) for every image without a prediction."""
     for image_id in ids:
         if image_id not in out.rles:
             out.rles[image_id] = []
             out.routing.setdefault(image_id, {"error": out.problems.get(image_id, "not predicted")})
     return out
+
+
+def _predict_streams(predictors, split: Path, readable: list[str], out: _Predictions, strict: bool,
+                     params_of, finish, collect) -> None:
+    """:func:`_predict_all` with several predictors: each image is read, predicted,
+    post-processed and encoded by the next free stream; the results are collected here, in
+    the images' order (the cache is written from this thread only)."""
+    from competition.data.conditions import image_features
+    from competition.data.io import read_image
+    from competition.predict.streams import run_streams
+
+    def work(predictor, image_id: str):
+        try:
+            image = read_image(image_path(split, image_id))
+        except Exception as exc:  # noqa: BLE001 - reported below, as the serial path reports it
+            return None, exc
+        probs, route = predictor.predict(image)
+        routing = {**route.to_dict(), "postprocess": params_of(image_id, route.image_type)[1],
+                   "shape": list(image.shape[:2])}
+        features = image_features(image_id, image, route.image_type)
+        return (routing, features, finish(image_id, probs, route.image_type, route.scale)), None
+
+    for n, (image_id, (result, error)) in enumerate(run_streams(predictors, readable, work), 1):
+        if error is not None:
+            if strict:
+                raise DataError(f"test image {image_id} cannot be read (--strict): {error}")
+            out.problems[image_id] = str(error)
+            log.error("%s: %s; it gets an empty row", image_id, error)
+        else:
+            routing, features, done = result
+            out.routing[image_id] = routing
+            out.features[image_id] = features
+            collect(done)
+        if n % 10 == 0 or n == len(readable):
+            log.info("%d/%d images predicted", n, len(readable))
 
 
 def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
@@ -509,8 +565,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         DataError: no test folder; an unreadable image when ``strict``.
     """
     from competition.ensemble import load_ensemble
-    from competition.predict import EnsemblePredictor, Tiling, set_threads
+    from competition.predict import EnsemblePredictor, PredictorTimings, Tiling, set_threads
     from competition.predict.ensemble import PASSES
+    from competition.predict.streams import resolve_streams, stream_threads
     from competition.submission import validate_submission, write_submission
 
     started = time.perf_counter()
@@ -526,17 +583,22 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
                         "run the holdout on the ensemble they were refit from")
     set_threads(opts.threads)
     tiling = opts.tiling or Tiling()
-    predictor = EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader,
-                                  size_passes=opts.size_passes, engine=opts.engine, threads=opts.threads,
-                                  survey_factors=opts.survey_factors, **opts.sizing())
+    streams = resolve_streams(opts.image_streams, opts.device, opts.engine, opts.threads)
+    predictors = [EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader,
+                                    size_passes=opts.size_passes, engine=opts.engine,
+                                    threads=stream_threads(opts.threads, streams), pin_threads=streams == 1,
+                                    survey_factors=opts.survey_factors, **opts.sizing())
+                  for _ in range(streams)]
+    predictor = predictors[0]
     workers = opts.postprocess_workers
     if workers is None:
         workers = 1 if predictor.device.type == "cuda" else 0
     log.info("predicting %d test images of %s with %s", len(ids), split, opts.recipe)
     cache = _ImageCache(opts.cache_dir, {**cache_key(ensemble, opts, tiling, predictor.device, predictor.engine, predictor.sizing()), "split": str(split)})
-    pred = _predict_all(predictor, ensemble, split, ids, problems, strict=opts.strict, workers=workers,
+    pred = _predict_all(predictors, ensemble, split, ids, problems, strict=opts.strict, workers=workers,
                         crossfit=opts.crossfit, cache=cache)
     t_predicted = time.perf_counter()
+    timings = PredictorTimings.summed([p.timings for p in predictors])
 
     path = submission_path(opts.out_dir, opts.recipe, opts.stage)
     write_submission(path, _RleLabels(pred.rles, shapes), image_ids=ids)
@@ -576,6 +638,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "device": str(predictor.device),
         "engine": predictor.engine,
         "threads": torch_threads(),
+        # predictors on different images at once (competition.predict.streams); the timings
+        # of the network, the size passes and the post-processing are summed over them
+        "image_streams": streams,
         # timings and bf16 results depend on the CPU (Zen 4, Zen 5 and AMX differ): name it
         "cpu": cpu_model() if predictor.device.type == "cpu" else None,
         "size_passes": opts.size_passes,
@@ -593,11 +658,11 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "timings": {
             "total_s": round(t_written - started, 3),
             "predict_loop_s": round(t_predicted - started, 3),
-            "network_s": round(predictor.timings.network.seconds, 3),
-            "network_by_pass": predictor.timings.network.by_stage(PASSES),
-            "ensemble_predict_s": round(predictor.timings.predict, 3),
-            "size_estimate_s": round(predictor.timings.size_estimate, 3),
-            "classify_s": round(predictor.timings.classify, 3),
+            "network_s": round(timings.network.seconds, 3),
+            "network_by_pass": timings.network.by_stage(PASSES),
+            "ensemble_predict_s": round(timings.predict, 3),
+            "size_estimate_s": round(timings.size_estimate, 3),
+            "classify_s": round(timings.classify, 3),
             "read_wait_s": round(pred.read_wait, 3),
             "postprocess_s": round(pred.postprocess, 3),
             "encode_s": round(pred.encode, 3),

@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sizing_arguments(pred)
     pred.add_argument("--postprocess-workers", type=int, metavar="N",
                       help="threads post-processing one image while the network predicts the next (default: 1 on CUDA, 0 on the CPU)")
+    pred.add_argument("--image-streams", type=int, metavar="N",
+                      help="predictors working on different images at once, each on its share of the threads "
+                           "(default: 2 on a CPU with OpenVINO or ONNX Runtime, else 1; the objects are the same)")
     pred.add_argument("--strict", action="store_true", help="an unreadable test image is an error (default: empty row, reported)")
     pred.add_argument("--cache-dir", default="build/predict-cache",
                       help="per-image results, so an interrupted run resumes where it stopped ('' disables)")
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         engine=args.engine,
         postprocess_workers=args.postprocess_workers,
+        image_streams=args.image_streams,
         survey_factors=tuple(args.survey_factors) if args.survey_factors else None,
         **sizing_from_args(args),
     )

@@ -176,6 +176,17 @@ class PredictorTimings:
     n_images: int = 0
     reused_views: int = 0  # final passes whose identity view came from the last size pass
 
+    @classmethod
+    def summed(cls, parts: Sequence["PredictorTimings"]) -> "PredictorTimings":
+        """The sum of several predictors' timings (image streams: seconds summed over the
+        streams, so they add up to more than the wall-clock time)."""
+        total = cls()
+        for part in parts:
+            total.network.absorb(part.network)
+            for name in ("classify", "predict", "size_estimate", "n_images", "reused_views"):
+                setattr(total, name, getattr(total, name) + getattr(part, name))
+        return total
+
 
 class EnsemblePredictor:
     """Routes each image to its type's ensemble and averages the members' probabilities.
@@ -201,6 +212,8 @@ class EnsemblePredictor:
         precision: override every member's ``precision`` (``fp32`` for the float32
             reference of ``make bench``); None: each member's own.
         threads: CPU threads of the ONNX Runtime / OpenVINO engines (default: torch's).
+        pin_threads: let OpenVINO pin its threads to cores (False for predictors that run
+            side by side: :mod:`competition.predict.streams`).
         survey_factors: the resize factors of the first size pass (default
             :data:`SURVEY_FACTORS` beside the native size, ``(1.0, 0.5, 0.25)``).
         scale_steps: resize factors from the size estimate are rounded to this many steps
@@ -254,6 +267,7 @@ class EnsemblePredictor:
         survey_range: float | None = None,
         survey_upscale: float | None = None,
         survey_rule: str | None = None,
+        pin_threads: bool = True,
     ) -> None:
         from competition.predict.engines import make_engine, resolve_engine
 
@@ -318,7 +332,8 @@ class EnsemblePredictor:
             name = resolve_engine(engine, self.device, member.precision)
             if name != "torch":
                 member.engine = make_engine(name, model, folder=folder, arch=str(config.get("arch", "net")),
-                                            device=self.device, precision=member.precision, threads=threads)
+                                            device=self.device, precision=member.precision, threads=threads,
+                                            pin=pin_threads)
             self.engines[key] = name
             self.members[key] = member
         channels = {m.channels for m in self.members.values()}

@@ -285,6 +285,15 @@ class NetworkTimer:
         if self.stage:
             self.stages.setdefault(self.stage, NetworkTimer()).add(seconds, pixels)
 
+    def absorb(self, other: "NetworkTimer") -> None:
+        """Add ``other``'s counts (and its stages') to these: the sum over predictors that
+        ran side by side (:mod:`competition.predict.streams`)."""
+        self.seconds += other.seconds
+        self.n_forward += other.n_forward
+        self.pixels += other.pixels
+        for name, timer in other.stages.items():
+            self.stages.setdefault(name, NetworkTimer()).absorb(timer)
+
     def stages_in(self, order: Sequence[str] = ()) -> list[tuple[str, "NetworkTimer"]]:
         """The ``stages``, the names in ``order`` first, in that order, then the others as
         they first ran."""
