@@ -685,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
                                tiling=tiling, streams=args.image_streams)
             at_once = "one" if peak["streams"] == 1 else f"{peak['streams']} (one per image stream, at once)"
             print(f"peak memory: {peak['peak_rss_mb'] / 1024:.2f} GB resident predicting {at_once} "
-                  f"{peak['shape'][0]}x{peak['shape'][1]} image ({peak['engine']}, TTA {peak['tta']}, "
+                  f"{peak['shape'][0]}x{peak['shape'][1]} image{'s' if peak['streams'] > 1 else ''} "
+                  f"({peak['engine']}, TTA {peak['tta']}, "
                   f"{peak['seconds']:.1f} s)")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

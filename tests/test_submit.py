@@ -884,20 +884,32 @@ def test_an_interrupted_submit_resumes_from_its_cache_and_writes_the_same_csv(wo
     assert resumed.path.read_text() == plain.path.read_text()
 
 
-def test_a_submit_killed_with_sigkill_resumes_and_writes_the_csv_of_an_uninterrupted_run(world, tmp_path):
+def _fast_engine() -> str | None:
+    from competition.predict import engines as E
+
+    return next((e for e in ("openvino", "onnxruntime") if E._installed(e)), None)
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_submit_killed_with_sigkill_resumes_and_writes_the_csv_of_an_uninterrupted_run(world, tmp_path, streams):
     """kill -9 in the middle of the prediction loop (the moment the first image is cached),
-    then the same command again: the same CSV as a run never interrupted, no partial file."""
+    then the same command again: the same CSV as a run never interrupted, no partial file;
+    with one stream (PyTorch) and with two (a fast engine, the CPU default)."""
     import os
     import signal
     import time
 
+    engine = "torch" if streams == 1 else _fast_engine()
+    if engine is None:
+        pytest.skip("neither onnxruntime nor openvino installed")
     data = tmp_path / "data"
     make_dataset(data, n_test_per_type=4, seed=3)  # 12 test images
 
     def command(out: Path, cache: Path) -> list[str]:
         return [sys.executable, "-m", "competition", "submit", "--recipe", "standin", "--data", str(data),
                 "--models", str(world["models"]), "--out-dir", str(out), "--cache-dir", str(cache),
-                "--device", "cpu", "--threads", "1", "--engine", "torch", "--tta", "flips"]
+                "--device", "cpu", "--threads", str(streams), "--engine", engine, "--tta", "flips",
+                "--image-streams", str(streams)]
 
     plain = subprocess.run(command(tmp_path / "plain", tmp_path / "plain-cache"), cwd=REPO, capture_output=True,
                            text=True, timeout=600)
