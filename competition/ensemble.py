@@ -236,6 +236,12 @@ class Ensemble:
                                              colour_views=views, size_units=units)
         return dataclasses.replace(self, entries=entries)
 
+    def with_members(self, entry: str, members: tuple[MemberRef, ...]) -> Ensemble:
+        """A copy where ``entry`` averages ``members``."""
+        entries = dict(self.entries)
+        entries[entry] = dataclasses.replace(entries[entry], members=tuple(members))
+        return dataclasses.replace(self, entries=entries)
+
     def without_members(self, entry: str) -> Ensemble:
         """A copy where ``entry`` has no member of its own (it falls back to ``all``)."""
         entries = dict(self.entries)

@@ -41,11 +41,13 @@ class TypeTuning:
         result: the :class:`competition.tuning.TuneResult`; None when there was no image.
         params: the parameters written (the defaults when tuning gained nothing), or None.
         note: why nothing was tuned, or why the defaults were kept.
-        choice: own members against the all-type fallback, when both could be compared:
-            ``own_score``, ``all_score`` (tuned, same images), with conditions also
-            ``own_crossfit`` and ``all_crossfit`` (out of sample), ``by`` (which pair
-            decided: ``crossfit`` when both could be cross-fitted, else ``tuned``) and
-            ``kept`` (``own`` or ``all``).
+        choice: own members against the all-type fallback and against both averaged (the
+            type's members and the all-type ones, each with its weight), when they could be
+            compared: ``own_score``, ``all_score``, ``both_score`` (tuned, same images), with
+            conditions also ``own_crossfit``, ``all_crossfit`` and ``both_crossfit`` (out of
+            sample), ``by`` (``crossfit`` when every side could be cross-fitted, else
+            ``tuned``) and ``kept`` (``own``, ``all`` or ``both``; a tie keeps the type's own
+            members, then the all-type ones rather than both).
         crossfit: the out-of-sample record of :func:`crossfit_postprocess`, when conditions
             were given.
         views: when candidate colour views were tried: ``candidates``, ``n_colour_images``,
@@ -194,46 +196,63 @@ def tune_ensemble(
         result = tune_postprocess(_samples(oof, source), grid, base, n_rounds=n_rounds, channels=oof.channels)
         record = _tuning_record(result, oof, image_type, source, n_rounds, ensemble.entries[name].postprocess)
         alternative = fallbacks.get(name)
+        averaged: OOFSet | None = None  # the type's own and the all-type members together
         if alternative is not None and set(alternative.probs) == set(oof.probs):
-            # Keep what scores better on the same images: the type's own (fine-tuned) members
-            # or the all-type model it would otherwise fall back to.
-            log.info("tuning %s on the same %d image(s) with the all-type members", name, len(oof.probs))
+            # Keep what scores best on the same images: the type's own (fine-tuned) members,
+            # the all-type model it would otherwise fall back to, or both averaged (a per-type
+            # ensemble of two different networks).
+            log.info("tuning %s on the same %d image(s) with the all-type members, and with both", name,
+                     len(oof.probs))
             fallback = tune_postprocess(_samples(alternative, "all"), grid, base, n_rounds=n_rounds,
                                         channels=alternative.channels)
+            both_ensemble = ensemble.with_members(name, ensemble.members_of(name) + ensemble.members_of("all"))
+            averaged = collect_oof(both_ensemble, name, image_type)
+            together = tune_postprocess(_samples(averaged, source), grid, base, n_rounds=n_rounds,
+                                        channels=averaged.channels)
             record["choice"] = {
                 "own_members": [m.key for m in ensemble.members_of(name)],
                 "own_score": round(result.score_after, 6),
                 "all_members": [m.key for m in ensemble.members_of("all")],
                 "all_score": round(fallback.score_after, 6),
+                "both_score": round(together.score_after, 6),
                 "by": "tuned",
             }
-            own_key, all_key = result.score_after, fallback.score_after
+            keys = {"own": result.score_after, "all": fallback.score_after, "both": together.score_after}
             if conditions is not None:
-                # Both sides scored out of sample: the in-sample tuned scores reward the side
+                # Every side scored out of sample: the in-sample tuned scores reward the side
                 # whose parameters fit these very images best (a fine-tune on a handful of
                 # images), not the one that holds on conditions it has not seen.
                 crossfits = {side: crossfit_postprocess(_samples_by_id(o, e), conditions, grid, base,
                                                         n_rounds=n_rounds, channels=o.channels, n_parts=n_parts)
-                             for side, o, e in (("own", oof, source), ("all", alternative, "all"))}
+                             for side, o, e in (("own", oof, source), ("all", alternative, "all"),
+                                                ("both", averaged, source))}
                 if all(c["score"] is not None for c in crossfits.values()):
-                    own_key, all_key = crossfits["own"]["score"], crossfits["all"]["score"]
-                    record["choice"].update(own_crossfit=own_key, all_crossfit=all_key, by="crossfit")
-            if all_key > own_key:
+                    keys = {side: c["score"] for side, c in crossfits.items()}
+                    record["choice"].update(own_crossfit=keys["own"], all_crossfit=keys["all"],
+                                            both_crossfit=keys["both"], by="crossfit")
+            kept = max(("own", "all", "both"), key=lambda side: keys[side])  # a tie: own, then the fewer members
+            if kept == "all":
                 record = {**_tuning_record(fallback, alternative, image_type, "all", n_rounds,
                                            ensemble.entries[name].postprocess), "choice": record["choice"]}
-                record["choice"]["kept"] = "all"
-                record["note"] = (f"the all-type members score {all_key:.4f} against {own_key:.4f} for "
-                                  f"{name}'s own ({record['choice']['by']}): {name} falls back to 'all' "
-                                  f"(dropped: {', '.join(record['choice']['own_members'])})")
+                record["note"] = (f"the all-type members score {keys['all']:.4f} against {keys['own']:.4f} for "
+                                  f"{name}'s own and {keys['both']:.4f} for both ({record['choice']['by']}): "
+                                  f"{name} falls back to 'all' (dropped: {', '.join(record['choice']['own_members'])})")
                 ensemble = ensemble.without_members(name)
                 result, members = fallback, tuple(record["choice"]["all_members"])
-            else:
-                record["choice"]["kept"] = "own"
+            elif kept == "both":
+                record = {**_tuning_record(together, averaged, image_type, source, n_rounds,
+                                           ensemble.entries[name].postprocess), "choice": record["choice"]}
+                record["note"] = (f"{name}'s own members and the all-type ones averaged score {keys['both']:.4f} "
+                                  f"against {keys['own']:.4f} for its own and {keys['all']:.4f} for the all-type "
+                                  f"({record['choice']['by']}): {name} averages both")
+                ensemble = both_ensemble
+                result, members = together, tuple(m.key for m in both_ensemble.members_of(name))
+            record["choice"]["kept"] = kept
         elif alternative is not None and alternative.probs:
             log.warning("%s: the all-type members hold other out-of-fold images than %s's own; "
                         "not compared", name, name)
         side = record.get("choice", {}).get("kept", "own")
-        chosen = alternative if side == "all" else oof
+        chosen = {"all": alternative, "both": averaged}.get(side, oof)
         chosen_entry = "all" if side == "all" else source
         if conditions is not None:
             record["crossfit"] = crossfits.get(side) or crossfit_postprocess(

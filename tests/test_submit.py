@@ -364,6 +364,35 @@ def test_tuning_falls_back_to_the_all_type_model_when_it_scores_better(world, tm
     assert saved.entries["fluorescence"].tuning["from_entry"] == "all"
 
 
+def test_tuning_averages_the_types_members_with_the_all_type_ones_when_that_scores_best(world, tmp_path):
+    """The type's member draws every nucleus a few pixels to the right, the all-type member
+    as far to the left: each alone misses the outlines, their mean is centred."""
+    import shutil
+
+    from competition.ensemble import load_ensemble, read_ensemble
+    from competition.ensemble_tuning import tune_ensemble
+
+    models = tmp_path / "models"
+    shutil.copytree(world["models"], models)
+    drawn = world["drawn"]["train"].items()
+    for key, shift, kinds in (("fluorescence/f", 2, ("fluorescence",)), ("all/a", -2, None)):
+        shutil.rmtree(models / "standin" / key)
+        oof = {i: (t, soft_probs(np.roll(lab, shift, axis=1), peak=0.9)) for i, (t, lab) in drawn
+               if kinds is None or t in kinds}
+        make_member(models / "standin", key, data_dir=world["data"], seed=1, oof=oof)
+    conditions = {i: f"c{k % 2}" for k, i in enumerate(sorted(world["drawn"]["train"]))}
+    _, outcomes = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1, conditions=conditions, n_parts=2)
+    fluo = {t.entry: t for t in outcomes}["fluorescence"]
+    choice = fluo.choice
+    assert choice["kept"] == "both"
+    assert choice["both_score"] > max(choice["own_score"], choice["all_score"])
+    assert fluo.members == ("fluorescence/f", "all/a")
+    saved = read_ensemble(models / "standin" / "ensemble.json")
+    assert [m.key for m in saved.entries["fluorescence"].members] == ["fluorescence/f", "all/a"]
+    assert saved.route("fluorescence") == ("fluorescence", False)
+    assert saved.entries["fluorescence"].tuning["choice"]["kept"] == "both"
+
+
 def test_a_member_dropped_by_tuning_is_not_reported_as_unlisted(world, tmp_path, caplog):
     import logging
     import shutil

@@ -80,10 +80,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':<13} cross-fitted over {crossfit['n_parts']} parts of whole conditions (out of sample): "
                   f"{crossfit['score']:.4f}  parts {crossfit['part_scores']}")
         if t.choice:
-            by = (f"; cross-fitted {t.choice['own_crossfit']:.4f} vs {t.choice['all_crossfit']:.4f}"
-                  if t.choice.get("by") == "crossfit" else "")
-            print(f"{'':<13} own members {t.choice['own_score']:.4f} vs all-type model {t.choice['all_score']:.4f} "
-                  f"tuned{by}: kept {t.choice['kept']} (by the {t.choice.get('by', 'tuned')} scores)")
+            c = t.choice
+            both = "both" in c.get("kept", "") or "both_score" in c
+            by = (f"; cross-fitted {c['own_crossfit']:.4f} vs {c['all_crossfit']:.4f}"
+                  + (f" vs {c['both_crossfit']:.4f}" if both else "") if c.get("by") == "crossfit" else "")
+            print(f"{'':<13} own members {c['own_score']:.4f} vs all-type model {c['all_score']:.4f}"
+                  + (f" vs both averaged {c['both_score']:.4f}" if both else "")
+                  + f" tuned{by}: kept {c['kept']} (by the {c.get('by', 'tuned')} scores)")
         if t.views:
             v = t.views
             if v.get("n_colour_images"):
