@@ -21,6 +21,9 @@ SIZE_PASSES ?= 2
 # channels rotated); it keeps them where averaging their probabilities with the image's
 # scores better, cross-fitted over conditions (empty: none).
 COLOUR_VIEWS ?= gray gbr brg
+# AVERAGE_WITH_ALL=1: `make tune` also tries a type's own members averaged with the all-type
+# ones (a second network on that type's images at prediction; off by default).
+AVERAGE_WITH_ALL ?=
 # What `make tune` counts its pixel sizes (min_seed_size, min_size) in: image (the image's own
 # pixels) or network (the pixels of the network's input, following each image's resize factor).
 SIZE_UNITS ?= image
@@ -143,7 +146,7 @@ adapt: $(SETUP)  ## fine-tune RECIPE's routed members on SPLIT (stage1_test) lab
 	$(PYTHON) -m competition adapt --recipe $(RECIPE) --labels $(LABELS) --split $(SPLIT) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
 
 tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE (cross-fitted over conditions)
-	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)" --size-units $(SIZE_UNITS)
+	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)" --size-units $(SIZE_UNITS) $(if $(AVERAGE_WITH_ALL),--average-with-all)
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) $(STREAMING) \

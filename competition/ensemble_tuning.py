@@ -82,6 +82,7 @@ def tune_ensemble(
     size_units: str = "image",
     device: str = "auto",
     loader=None,
+    average_with_all: bool = False,
 ) -> tuple[Ensemble, list[TypeTuning]]:
     """Tune the post-processing of every image type on its members' out-of-fold maps.
 
@@ -117,6 +118,9 @@ def tune_ensemble(
             own pixels; ``"network"``, the pixels of the network's input: each out-of-fold map
             counts with the factor its image was resized by (the true median nucleus to the
             members' diameter), and prediction converts them with each image's own factor.
+        average_with_all: where a type has its own members, also tune them averaged with the
+            all-type members, a third side of its choice (off by default: it puts a second
+            network on that type's images at prediction).
         device, loader: where and how the members are loaded to predict the colour views
             (``loader``: ``folder, device -> (model, config)``, default
             :func:`competition.train.members.load_member`).
@@ -201,42 +205,46 @@ def tune_ensemble(
             # Keep what scores best on the same images: the type's own (fine-tuned) members,
             # the all-type model it would otherwise fall back to, or both averaged (a per-type
             # ensemble of two different networks).
-            log.info("tuning %s on the same %d image(s) with the all-type members, and with both", name,
-                     len(oof.probs))
+            log.info("tuning %s on the same %d image(s) with the all-type members%s", name, len(oof.probs),
+                     ", and with both" if average_with_all else "")
             fallback = tune_postprocess(_samples(alternative, "all"), grid, base, n_rounds=n_rounds,
                                         channels=alternative.channels)
-            both_ensemble = ensemble.with_members(name, ensemble.members_of(name) + ensemble.members_of("all"))
-            averaged = collect_oof(both_ensemble, name, image_type)
-            together = tune_postprocess(_samples(averaged, source), grid, base, n_rounds=n_rounds,
-                                        channels=averaged.channels)
             record["choice"] = {
                 "own_members": [m.key for m in ensemble.members_of(name)],
                 "own_score": round(result.score_after, 6),
                 "all_members": [m.key for m in ensemble.members_of("all")],
                 "all_score": round(fallback.score_after, 6),
-                "both_score": round(together.score_after, 6),
                 "by": "tuned",
             }
-            keys = {"own": result.score_after, "all": fallback.score_after, "both": together.score_after}
+            keys = {"own": result.score_after, "all": fallback.score_after}
+            sides = [("own", oof, source), ("all", alternative, "all")]
+            if average_with_all:
+                both_ensemble = ensemble.with_members(name, ensemble.members_of(name) + ensemble.members_of("all"))
+                averaged = collect_oof(both_ensemble, name, image_type)
+                together = tune_postprocess(_samples(averaged, source), grid, base, n_rounds=n_rounds,
+                                            channels=averaged.channels)
+                record["choice"]["both_score"] = round(together.score_after, 6)
+                keys["both"] = together.score_after
+                sides.append(("both", averaged, source))
             if conditions is not None:
                 # Every side scored out of sample: the in-sample tuned scores reward the side
                 # whose parameters fit these very images best (a fine-tune on a handful of
                 # images), not the one that holds on conditions it has not seen.
                 crossfits = {side: crossfit_postprocess(_samples_by_id(o, e), conditions, grid, base,
                                                         n_rounds=n_rounds, channels=o.channels, n_parts=n_parts)
-                             for side, o, e in (("own", oof, source), ("all", alternative, "all"),
-                                                ("both", averaged, source))}
+                             for side, o, e in sides}
                 if all(c["score"] is not None for c in crossfits.values()):
                     keys = {side: c["score"] for side, c in crossfits.items()}
-                    record["choice"].update(own_crossfit=keys["own"], all_crossfit=keys["all"],
-                                            both_crossfit=keys["both"], by="crossfit")
-            kept = max(("own", "all", "both"), key=lambda side: keys[side])  # a tie: own, then the fewer members
+                    record["choice"].update({f"{side}_crossfit": key for side, key in keys.items()}, by="crossfit")
+            kept = max(keys, key=lambda side: keys[side])  # a tie: own, then the fewer members
+            others = " and ".join(f"{keys[s]:.4f} for {'both' if s == 'both' else name + chr(39) + 's own'}"
+                                  for s in keys if s != "all")
             if kept == "all":
                 record = {**_tuning_record(fallback, alternative, image_type, "all", n_rounds,
                                            ensemble.entries[name].postprocess), "choice": record["choice"]}
-                record["note"] = (f"the all-type members score {keys['all']:.4f} against {keys['own']:.4f} for "
-                                  f"{name}'s own and {keys['both']:.4f} for both ({record['choice']['by']}): "
-                                  f"{name} falls back to 'all' (dropped: {', '.join(record['choice']['own_members'])})")
+                record["note"] = (f"the all-type members score {keys['all']:.4f} against {others} "
+                                  f"({record['choice']['by']}): {name} falls back to 'all' "
+                                  f"(dropped: {', '.join(record['choice']['own_members'])})")
                 ensemble = ensemble.without_members(name)
                 result, members = fallback, tuple(record["choice"]["all_members"])
             elif kept == "both":

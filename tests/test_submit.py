@@ -381,7 +381,11 @@ def test_tuning_averages_the_types_members_with_the_all_type_ones_when_that_scor
                if kinds is None or t in kinds}
         make_member(models / "standin", key, data_dir=world["data"], seed=1, oof=oof)
     conditions = {i: f"c{k % 2}" for k, i in enumerate(sorted(world["drawn"]["train"]))}
-    _, outcomes = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1, conditions=conditions, n_parts=2)
+    _, without = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1, conditions=conditions, n_parts=2,
+                               write=False)
+    assert "both_score" not in {t.entry: t for t in without}["fluorescence"].choice, "off by default"
+    _, outcomes = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1, conditions=conditions, n_parts=2,
+                                average_with_all=True)
     fluo = {t.entry: t for t in outcomes}["fluorescence"]
     choice = fluo.choice
     assert choice["kept"] == "both"

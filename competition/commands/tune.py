@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="candidate colour views for test-time augmentation, comma- or space-separated "
                              "(gray, gbr, brg): kept per image type where averaging them scores better "
                              "(cross-fitted with --folds); empty: none")
+    parser.add_argument("--average-with-all", action="store_true",
+                        help="where a type has its own members, also try them averaged with the all-type ones "
+                             "(kept where that scores best, cross-fitted with --folds; costs a second network "
+                             "on that type's images at prediction)")
     parser.add_argument("--size-units", choices=("image", "network"), default="image",
                         help="count the tuned pixel sizes (min_seed_size, min_size, seed_dilation, grow) in the image's "
                              "own pixels (default), or in the pixels of the network's input, which follow each "
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     ensemble, outcomes = tune_ensemble(
         ensemble, data_dir=args.data, n_rounds=args.rounds, entries=args.types, write=not args.dry_run,
         conditions=conditions, colour_views=views, size_units=args.size_units,
+        average_with_all=args.average_with_all,
     )
     for t in outcomes:
         if t.result is None:
