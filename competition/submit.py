@@ -434,6 +434,16 @@ def _predict_all(predictors, ensemble, split: Path, ids: list[str], problems: di
         t1 = time.perf_counter()
         return image_id, label_to_rles(label), t1 - t0, time.perf_counter() - t1, count_border_strips(label)
 
+    def unreadable(image_id: str, error: BaseException) -> None:
+        if strict:
+            raise DataError(f"test image {image_id} cannot be read (--strict): {error}")
+        out.problems[image_id] = str(error)
+        log.error("%s: %s; it gets an empty row", image_id, error)
+
+    def routed(image_id: str, image: np.ndarray, route) -> dict:
+        return {**route.to_dict(), "postprocess": params_of(image_id, route.image_type)[1],
+                "shape": list(image.shape[:2])}
+
     cache = cache or _ImageCache(None, {})
 
     def collect(done: tuple[str, list[str], float, float, int]) -> None:
@@ -463,7 +473,7 @@ def _predict_all(predictors, ensemble, split: Path, ids: list[str], problems: di
     bar = _progress(len(readable) + n_cached, n_cached)
     if len(predictors) > 1:
         try:
-            _predict_streams(predictors, split, readable, out, strict, params_of, finish, collect)
+            _predict_streams(predictors, split, readable, out, routed, unreadable, finish, collect)
         finally:
             bar.close()
         return _fill_missing(out, ids)
@@ -477,14 +487,10 @@ def _predict_all(predictors, ensemble, split: Path, ids: list[str], problems: di
         for n, (image_id, image, error) in enumerate(prefetch(readable, lambda i: read_image(image_path(split, i))), 1):
             out.read_wait += time.perf_counter() - t_wait
             if error is not None:
-                if strict:
-                    raise DataError(f"test image {image_id} cannot be read (--strict): {error}")
-                out.problems[image_id] = str(error)
-                log.error("%s: %s; it gets an empty row", image_id, error)
+                unreadable(image_id, error)
             else:
                 probs, route = predictor.predict(image)
-                out.routing[image_id] = {**route.to_dict(), "postprocess": params_of(image_id, route.image_type)[1],
-                                         "shape": list(image.shape[:2])}
+                out.routing[image_id] = routed(image_id, image, route)
                 out.features[image_id] = image_features(image_id, image, route.image_type)
                 if pool is None:
                     collect(finish(image_id, probs, route.image_type, route.scale))
@@ -513,8 +519,8 @@ def _fill_missing(out: _Predictions, ids: list[str]) -> _Predictions:
     return out
 
 
-def _predict_streams(predictors, split: Path, readable: list[str], out: _Predictions, strict: bool,
-                     params_of, finish, collect) -> None:
+def _predict_streams(predictors, split: Path, readable: list[str], out: _Predictions, routed, unreadable,
+                     finish, collect) -> None:
     """:func:`_predict_all` with several predictors: each image is read, predicted,
     post-processed and encoded by the next free stream; the results are collected here, in
     the images' order (the cache is written from this thread only)."""
@@ -528,17 +534,12 @@ def _predict_streams(predictors, split: Path, readable: list[str], out: _Predict
         except Exception as exc:  # noqa: BLE001 - reported below, as the serial path reports it
             return None, exc
         probs, route = predictor.predict(image)
-        routing = {**route.to_dict(), "postprocess": params_of(image_id, route.image_type)[1],
-                   "shape": list(image.shape[:2])}
         features = image_features(image_id, image, route.image_type)
-        return (routing, features, finish(image_id, probs, route.image_type, route.scale)), None
+        return (routed(image_id, image, route), features, finish(image_id, probs, route.image_type, route.scale)), None
 
     for n, (image_id, (result, error)) in enumerate(run_streams(predictors, readable, work), 1):
         if error is not None:
-            if strict:
-                raise DataError(f"test image {image_id} cannot be read (--strict): {error}")
-            out.problems[image_id] = str(error)
-            log.error("%s: %s; it gets an empty row", image_id, error)
+            unreadable(image_id, error)
         else:
             routing, features, done = result
             out.routing[image_id] = routing

@@ -12,7 +12,7 @@ from competition.errors import UserError
 from competition.predict import engines as E
 from competition.predict.streams import resolve_streams, run_streams, stream_threads
 
-from test_submit import cached_loader, options, read_rows, world  # noqa: F401 - the module's fixture
+from test_submit import broken_world, cached_loader, options, read_rows, world  # noqa: F401 - fixtures
 
 FAST = [e for e in ("onnxruntime", "openvino") if E._installed(e)]
 
@@ -122,3 +122,30 @@ def test_the_bench_times_the_streams_and_finds_the_objects_of_one(world):  # noq
     assert report.streams == 2 and report.n_images == 3 and report.n_reference == 2
     assert 0 < report.fast_on_reference_s <= report.total_s
     assert "2 image streams" in report.lines()[0]
+
+
+@pytest.mark.skipif(not FAST, reason="neither onnxruntime nor openvino installed")
+def test_two_streams_give_an_unreadable_image_an_empty_row_and_strict_stops(broken_world, tmp_path, monkeypatch):  # noqa: F811
+    """An image that turns unreadable after the shapes were read (so it reaches a stream)."""
+    from competition import submit as S
+    from competition.errors import DataError
+    from competition.submit import make_submission
+
+    victim = broken_world["victim"]
+    real = S._read_shapes
+
+    def shapes_before_the_damage(split, ids, strict):
+        return real(split, [i for i in ids if i != victim], strict)[0] | {victim: (64, 64)}, {}
+
+    monkeypatch.setattr(S, "_read_shapes", shapes_before_the_damage)
+    before = torch.get_num_threads()
+    try:
+        result = make_submission(options(broken_world, tmp_path, engine=FAST[0], threads=2), loader=cached_loader)
+        assert result.record["image_streams"] == 2
+        assert [r for r in read_rows(result.path) if r[0] == victim] == [[victim, ""]]
+        assert [p["image_id"] for p in result.record["problems"]] == [victim]
+        with pytest.raises(DataError, match=victim):
+            make_submission(options(broken_world, tmp_path / "strict", engine=FAST[0], threads=2, strict=True),
+                            loader=cached_loader)
+    finally:
+        torch.set_num_threads(before)
