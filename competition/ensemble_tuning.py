@@ -41,13 +41,14 @@ class TypeTuning:
         result: the :class:`competition.tuning.TuneResult`; None when there was no image.
         params: the parameters written (the defaults when tuning gained nothing), or None.
         note: why nothing was tuned, or why the defaults were kept.
-        choice: own members against the all-type fallback and against both averaged (the
-            type's members and the all-type ones, each with its weight), when they could be
-            compared: ``own_score``, ``all_score``, ``both_score`` (tuned, same images), with
-            conditions also ``own_crossfit``, ``all_crossfit`` and ``both_crossfit`` (out of
-            sample), ``by`` (``crossfit`` when every side could be cross-fitted, else
-            ``tuned``) and ``kept`` (``own``, ``all`` or ``both``; a tie keeps the type's own
-            members, then the all-type ones rather than both).
+        choice: own members against the all-type fallback (and, with ``average_with_all``,
+            against both averaged: the type's members and the all-type ones, each with its
+            weight), when they could be compared: ``own_score``, ``all_score``
+            (``both_score``) tuned on the same images, with conditions also ``own_crossfit``
+            and ``all_crossfit`` (``both_crossfit``) out of sample, ``by`` (``crossfit`` when
+            every side could be cross-fitted, else ``tuned``) and ``kept`` (``own``, ``all`` or
+            ``both``; a tie keeps the type's own members, then the all-type ones rather than
+            both).
         crossfit: the out-of-sample record of :func:`crossfit_postprocess`, when conditions
             were given.
         views: when candidate colour views were tried: ``candidates``, ``n_colour_images``,
@@ -237,8 +238,8 @@ def tune_ensemble(
                     keys = {side: c["score"] for side, c in crossfits.items()}
                     record["choice"].update({f"{side}_crossfit": key for side, key in keys.items()}, by="crossfit")
             kept = max(keys, key=lambda side: keys[side])  # a tie: own, then the fewer members
-            others = " and ".join(f"{keys[s]:.4f} for {'both' if s == 'both' else name + chr(39) + 's own'}"
-                                  for s in keys if s != "all")
+            others = f"{keys['own']:.4f} for {name}'s own" + (f" and {keys['both']:.4f} for both" if "both" in keys
+                                                               else "")
             if kept == "all":
                 record = {**_tuning_record(fallback, alternative, image_type, "all", n_rounds,
                                            ensemble.entries[name].postprocess), "choice": record["choice"]}
