@@ -150,12 +150,21 @@ class InferenceTiming:
                 f"{self.images_apart} image(s) they resized by different factors)")
 
 
-def network_passes(predictor) -> tuple[tuple[str, float, float], ...]:
-    """(pass, seconds, megapixels) of the predictor's network work so far, in
-    :data:`~competition.predict.ensemble.PASSES` order."""
+def _timings(predictors):
+    """The timings of one predictor, or summed over a run's predictors (image streams)."""
+    from competition.predict import PredictorTimings
+
+    if not isinstance(predictors, (list, tuple)):
+        return predictors.timings
+    return PredictorTimings.summed([p.timings for p in predictors])
+
+
+def network_passes(predictors) -> tuple[tuple[str, float, float], ...]:
+    """(pass, seconds, megapixels) of the network work so far of one predictor, or summed
+    over a run's predictors, in :data:`~competition.predict.ensemble.PASSES` order."""
     from competition.predict.ensemble import PASSES
 
-    return tuple((name, t.seconds, t.pixels / 1e6) for name, t in predictor.timings.network.stages_in(PASSES))
+    return tuple((name, t.seconds, t.pixels / 1e6) for name, t in _timings(predictors).network.stages_in(PASSES))
 
 
 def passes_text(passes: tuple[tuple[str, float, float], ...]) -> str:
@@ -187,24 +196,12 @@ def _predictor(ensemble, *, device, tta, tiling, loader, engine, precision=None,
 
 def _predictors(ensemble, streams: int | None, *, device, tta, tiling, loader, engine, threads=None, precision=None,
                 sizing=None) -> list:
-    """The predictors of one timed run: as many as its image streams (see
-    :mod:`competition.predict.streams`; None: ``auto``), each on its share of ``threads``."""
-    from competition.predict.streams import resolve_streams, stream_threads
+    """The predictors of one timed run: one per image stream
+    (:func:`~competition.predict.streams.build_predictors`; None: ``auto``)."""
+    from competition.predict.streams import build_predictors
 
-    n = resolve_streams(streams, device, engine, threads)
-    return [_predictor(ensemble, device=device, tta=tta, tiling=tiling, loader=loader, engine=engine,
-                       precision=precision, sizing=sizing, threads=stream_threads(threads, n), pin_threads=n == 1)
-            for _ in range(n)]
-
-
-def _summed_passes(predictors) -> tuple[tuple[str, float, float], ...]:
-    """:func:`network_passes` summed over the predictors of one run (image streams)."""
-    from competition.predict import PredictorTimings
-
-    class _Sum:  # network_passes reads .timings
-        timings = PredictorTimings.summed([p.timings for p in predictors])
-
-    return network_passes(_Sum)
+    return build_predictors(ensemble, streams, device=device, engine=engine, threads=threads, make=_predictor,
+                            tta=tta, tiling=tiling, loader=loader, precision=precision, sizing=sizing)
 
 
 def _label(predictor, precision) -> str:
@@ -282,13 +279,10 @@ class _Clock:
     def timing(self, predictors, tta: str, label: str) -> InferenceTiming:
         """The run's :class:`InferenceTiming` (``predictors``: one, or the run's streams, whose
         network, predict and size-pass seconds are summed)."""
-        from competition.predict import PredictorTimings
-
-        predictors = predictors if isinstance(predictors, (list, tuple)) else [predictors]
-        t = PredictorTimings.summed([p.timings for p in predictors])
+        t = _timings(predictors)
         return InferenceTiming(tta, len(self.per_image), self.total, t.network.seconds, t.predict, self.post,
-                               self.encode, self.n_objects, t.size_estimate, label,
-                               passes=_summed_passes(predictors), streams=len(predictors))
+                               self.encode, self.n_objects, t.size_estimate, label, passes=network_passes(predictors),
+                               streams=len(predictors) if isinstance(predictors, (list, tuple)) else 1)
 
 
 class ObjectChanges(NamedTuple):
@@ -546,7 +540,7 @@ def bench_stage2(models_dir: str | Path, recipe: str, n_images: int = 100, *, ev
     largest = max((image.shape[:2] for image in images), key=lambda s: s[0] * s[1], default=(0, 0))
     return Stage2Report(len(fast_clock.per_image), megapixels, fast_clock.total, len(ref_clock.per_image),
                         sum(ref_clock.per_image), fast_on_ref, fast[0].engine, tta, tuple(largest),
-                        _summed_passes(fast), streams=len(fast))
+                        network_passes(fast), streams=len(fast))
 
 
 def peak_memory(models_dir: str | Path, recipe: str, shape: tuple[int, int] = STAGE2_SHAPES[-1][:2], *,

@@ -566,9 +566,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         DataError: no test folder; an unreadable image when ``strict``.
     """
     from competition.ensemble import load_ensemble
-    from competition.predict import EnsemblePredictor, PredictorTimings, Tiling, set_threads
+    from competition.predict import PredictorTimings, Tiling, set_threads
     from competition.predict.ensemble import PASSES
-    from competition.predict.streams import resolve_streams, stream_threads
+    from competition.predict.streams import build_predictors
     from competition.submission import validate_submission, write_submission
 
     started = time.perf_counter()
@@ -584,13 +584,10 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
                         "run the holdout on the ensemble they were refit from")
     set_threads(opts.threads)
     tiling = opts.tiling or Tiling()
-    streams = resolve_streams(opts.image_streams, opts.device, opts.engine, opts.threads)
-    predictors = [EnsemblePredictor(ensemble, device=opts.device, tta=opts.tta, tiling=tiling, loader=loader,
-                                    size_passes=opts.size_passes, engine=opts.engine,
-                                    threads=stream_threads(opts.threads, streams), pin_threads=streams == 1,
-                                    survey_factors=opts.survey_factors, **opts.sizing())
-                  for _ in range(streams)]
-    predictor = predictors[0]
+    predictors = build_predictors(ensemble, opts.image_streams, device=opts.device, engine=opts.engine,
+                                  threads=opts.threads, tta=opts.tta, tiling=tiling, loader=loader,
+                                  size_passes=opts.size_passes, survey_factors=opts.survey_factors, **opts.sizing())
+    predictor, streams = predictors[0], len(predictors)
     workers = opts.postprocess_workers
     if workers is None:
         workers = 1 if predictor.device.type == "cuda" else 0

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{crossfit['score']:.4f}  parts {crossfit['part_scores']}")
         if t.choice:
             c = t.choice
-            both = "both" in c.get("kept", "") or "both_score" in c
+            both = "both_score" in c
             by = (f"; cross-fitted {c['own_crossfit']:.4f} vs {c['all_crossfit']:.4f}"
                   + (f" vs {c['both_crossfit']:.4f}" if both else "") if c.get("by") == "crossfit" else "")
             print(f"{'':<13} own members {c['own_score']:.4f} vs all-type model {c['all_score']:.4f}"

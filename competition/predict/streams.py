@@ -29,7 +29,7 @@ import torch
 
 from competition.errors import UserError
 
-__all__ = ["AUTO_STREAMS", "resolve_streams", "stream_threads", "run_streams"]
+__all__ = ["AUTO_STREAMS", "resolve_streams", "stream_threads", "build_predictors", "run_streams"]
 
 #: streams that ``auto`` runs on a CPU with a fast engine (more than 2 are not measured).
 AUTO_STREAMS = 2
@@ -77,6 +77,22 @@ def stream_threads(threads: int | None, streams: int) -> int | None:
     if streams == 1:
         return threads
     return max(1, int(threads or torch.get_num_threads()) // streams)
+
+
+def build_predictors(ensemble, streams: int | None = None, *, device: torch.device | str = "auto",
+                     engine: str = "auto", threads: int | None = None, make: Callable | None = None,
+                     **kwargs) -> list:
+    """One predictor per image stream (``streams`` resolved by :func:`resolve_streams`), each
+    on its share of ``threads``, OpenVINO's threads unpinned when there are several.
+
+    ``make(ensemble, device=, engine=, threads=, pin_threads=, **kwargs)`` builds one (default
+    :class:`~competition.predict.EnsemblePredictor`); ``kwargs``: its other arguments."""
+    if make is None:
+        from competition.predict.ensemble import EnsemblePredictor as make
+
+    n = resolve_streams(streams, device, engine, threads)
+    return [make(ensemble, device=device, engine=engine, threads=stream_threads(threads, n), pin_threads=n == 1,
+                 **kwargs) for _ in range(n)]
 
 
 _END = object()
