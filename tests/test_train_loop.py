@@ -18,6 +18,7 @@ from competition.train.losses import MaskedLoss
 from competition.train.loop import (
     SCHEDULERS,
     TrainingDiverged,
+    average_weights,
     build_optimizer,
     build_scheduler,
     fit,
@@ -315,6 +316,49 @@ def test_fine_tuning_starts_from_the_parent(trained, data, tmp_path):
     assert config["encoder_weights_loaded"].startswith("init_from all/m")
     assert config["invert"] == json.loads((parent / "config.json").read_text())["invert"]
     assert config["n_train"] == 1  # histology images outside fold 0
+
+
+def test_a_fine_tune_averaged_with_its_parent_is_validated_and_saved_as_the_average(trained, data, tmp_path):
+    parent, _ = trained
+    plain = member(type="histology", name="h", init_from="all/m", epochs=1)
+    fit(plain, data, tmp_path / "h", "cpu", channels=CHANNELS, init_dir=parent)
+    averaged = member(type="histology", name="w", init_from="all/m", epochs=1, average_with_init=0.25)
+    fit(averaged, data, tmp_path / "w", "cpu", channels=CHANNELS, init_dir=parent)
+    # training itself is not averaged: the same steps as the plain fine-tune
+    assert same_weights(weights(tmp_path / "h" / "last.pt"), weights(tmp_path / "w" / "last.pt"))
+    trained_w, start, saved = (weights(tmp_path / "h" / "last.pt"), weights(parent / "best.pt"),
+                               weights(tmp_path / "w" / "best.pt"))
+    assert not same_weights(saved, trained_w)
+    for k, v in saved.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.75 * trained_w[k] + 0.25 * start[k], atol=1e-6), k
+        else:
+            assert torch.equal(v, trained_w[k]), k
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert "0.75 x this member's weights + 0.25 x init_from all/m's" in config["averaged_with_init"]
+    # the validation score and oof.npz are the averaged network's, the one load_member gives
+    model, config = load_member(tmp_path / "w")
+    with np.load(tmp_path / "w" / "oof.npz") as z:
+        by_id = {d.image_id: d for d in data}
+        for image_id in z["ids"]:
+            probs = predict_probs(model, by_id[image_id].image, config)
+            assert np.abs(probs * float(z["scale"]) - z[f"p_{image_id}"]).max() <= 1.0
+    # and it resumes exactly: stopped after epoch 1 of 2, then run to the end
+    longer = member(type="histology", name="w", init_from="all/m", epochs=2, average_with_init=0.25)
+    fit(longer, data, tmp_path / "full", "cpu", channels=CHANNELS, init_dir=parent)
+    fit(longer, data, tmp_path / "r", "cpu", channels=CHANNELS, init_dir=parent, stop_after=1)
+    fit(longer, data, tmp_path / "r", "cpu", channels=CHANNELS, init_dir=parent)
+    assert same_weights(weights(tmp_path / "r" / "best.pt"), weights(tmp_path / "full" / "best.pt"))
+
+
+def test_average_weights_refuses_networks_that_differ():
+    a = {"w": torch.ones(2, 2), "n": torch.tensor(3)}
+    mid = average_weights(a, {"w": torch.zeros(2, 2), "n": torch.tensor(5)}, 0.5)
+    assert torch.equal(mid["w"], torch.full((2, 2), 0.5)) and int(mid["n"]) == 3
+    with pytest.raises(UserError, match="networks differ"):
+        average_weights(a, {"w": torch.zeros(2, 3), "n": torch.tensor(5)}, 0.5)
+    with pytest.raises(UserError, match="networks differ"):
+        average_weights(a, {"w": torch.zeros(2, 2)}, 0.5)
 
 
 # ----------------------------------------------------------------------------- members

@@ -143,6 +143,16 @@ def test_init_from_another_fold_would_leak():
         parse(doc)
 
 
+def test_average_with_init_needs_a_parent_and_a_share_below_one():
+    doc = {**BASE, "histology": [{"name": "h", "init_from": "all/a", "average_with_init": 0.5}]}
+    assert parse(doc).member("histology/h").average_with_init == 0.5
+    for table, problem in (({"name": "h", "average_with_init": 0.5}, "has none"),
+                           ({"name": "h", "init_from": "all/a", "average_with_init": 1.0}, r"\[0, 1\)"),
+                           ({"name": "h", "init_from": "all/a", "average_with_init": -0.1}, r"\[0, 1\)")):
+        with pytest.raises(UserError, match=problem):
+            parse({**BASE, "histology": [table]})
+
+
 def test_init_from_unknown_member_lists_members():
     doc = {**BASE, "histology": [{"name": "h", "init_from": "all/zz"}]}
     with pytest.raises(UserError, match="all/a"):

@@ -349,6 +349,22 @@ def write_oof(path: Path, result: EvalResult, samples: Sequence[TrainImage],
 # ----------------------------------------------------------------------------- fit
 
 
+def average_weights(state: Mapping[str, torch.Tensor], parent: Mapping[str, torch.Tensor],
+                    parent_share: float) -> dict[str, torch.Tensor]:
+    """``(1 - parent_share) * state + parent_share * parent``, tensor by tensor, for the
+    floating-point tensors (weights, biases, batch-norm statistics); the others (batch-norm
+    step counters) are ``state``'s.
+
+    Raises:
+        UserError: the two do not hold the same tensors (names and shapes).
+    """
+    if state.keys() != parent.keys() or any(state[k].shape != parent[k].shape for k in state):
+        raise UserError("cannot average a member's weights with its init_from parent's: the networks differ")
+    return {k: (torch.lerp(v.float(), parent[k].to(v.device).float(), parent_share).to(v.dtype)
+                if v.is_floating_point() else v)
+            for k, v in state.items()}
+
+
 def resolve_invert(member: Member, train: Sequence[TrainImage], parent_config: Mapping | None
                    ) -> tuple[bool, str]:
     """The member's invert decision and why (recorded in ``config.json``)."""
@@ -523,10 +539,17 @@ def _fit(
     torch.manual_seed(member.seed)
     model = build_network(member.arch, member.encoder, len(channels), member.decoder_channels)
     resume = (out_dir / "last.pt").is_file()
+    parent_state, scored_model = None, None
     if parent_config is not None:
         best = torch.load(init_dir / "best.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(best["model"])
         config["encoder_weights_loaded"] = f"init_from {member.init_from} (epoch {best['epoch']})"
+        if member.average_with_init:
+            parent_state = best["model"]
+            config["averaged_with_init"] = (
+                f"best.pt (validated, predicted with) = {1 - member.average_with_init:g} x this member's "
+                f"weights + {member.average_with_init:g} x init_from {member.init_from}'s (epoch {best['epoch']}); "
+                "last.pt holds the training weights")
     elif not resume:
         config["encoder_weights_loaded"] = load_encoder_weights(model, member)
     else:
@@ -535,6 +558,12 @@ def _fit(
     model.to(device)
     if uses_channels_last(device, member.precision):
         model.to(memory_format=torch.channels_last)
+    if parent_state is not None and info.is_main:
+        # the averaged network that is validated and saved (the trained one keeps training)
+        scored_model = build_network(member.arch, member.encoder, len(channels), member.decoder_channels)
+        scored_model.to(device)
+        if uses_channels_last(device, member.precision):
+            scored_model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(member, model.parameters())
     scheduler = build_scheduler(member, optimizer, total_steps)
     # Loss scaling is for float16 only (bfloat16 has float32's exponent range).
@@ -595,17 +624,22 @@ def _fit(
         validate = (epoch + 1) % member.valid_every == 0 or epoch + 1 in (member.epochs, end)
         ev, improved = None, False
         if info.is_main:
+            state = {k: v.detach().cpu() for k, v in unwrap(net).state_dict().items()}
+            scored, scored_net = state, net
+            if scored_model is not None:
+                scored = average_weights(state, parent_state, member.average_with_init)
+                scored_model.load_state_dict(scored)
+                scored_net = scored_model
             if validate and valid:
-                ev = evaluate(net, valid, config, device, loss_fn=loss_fn, keep_probs=True,
+                ev = evaluate(scored_net, valid, config, device, loss_fn=loss_fn, keep_probs=True,
                               desc=f"{member.key} valid")
                 improved = ev.score > best_score
             elif validate and not valid:
                 improved = True  # nothing to validate on: keep the latest weights
-            state = {k: v.detach().cpu() for k, v in unwrap(net).state_dict().items()}
             if improved:
                 best_score = ev.score if ev else math.nan
                 best_epoch = epoch + 1
-                save_torch(out_dir / "best.pt", {"model": state, "epoch": epoch + 1,
+                save_torch(out_dir / "best.pt", {"model": scored, "epoch": epoch + 1,
                                                  "score": best_score})
                 if ev is not None:
                     write_oof(out_dir / "oof.npz", ev, valid, channels, epoch + 1)

@@ -123,6 +123,11 @@ class Member:
             ``competition refit`` trains the members a tuned ensemble kept.
         seed: seeds weights init, crop sampling and augmentation.
         init_from: ``"all/<name>"``: start from that member's ``best.pt``.
+        average_with_init: with ``init_from``: the member's weights are averaged with the
+            parent's, this share the parent's (``0.5``: the midpoint), wherever they are
+            validated and saved as ``best.pt`` ("WiSE-FT", Wortsman et al. 2022: a fine-tune
+            interpolated with its start keeps the start's robustness to unseen conditions at
+            one network's cost); training itself (``last.pt``) is not averaged. 0 = none.
         invert: invert dark-on-light images before the network: true, false or ``"auto"``
             (inherit from ``init_from``, else true when the training images mix both
             polarities); the decision is recorded in ``config.json``.
@@ -177,6 +182,7 @@ class Member:
     fold: int = 0
     seed: int = 0
     init_from: str | None = None
+    average_with_init: float = 0.0
     invert: bool | str = "auto"
     input_norm: str = "imagenet"
     boundary_width: int = 2
@@ -396,6 +402,10 @@ def _validate_member(m: Member, channels: tuple[str, ...], where: str) -> None:
         if not arch_takes_decoder_channels(m.arch):
             raise UserError(f"{where}.decoder_channels: architecture {m.arch} has no "
                             "decoder_channels (Unet, UnetPlusPlus and MAnet do)")
+    if not 0 <= m.average_with_init < 1:
+        raise UserError(f"{where}.average_with_init: the parent's share of the weights, in [0, 1)")
+    if m.average_with_init and not m.init_from:
+        raise UserError(f"{where}.average_with_init: averages with the init_from parent; this member has none")
     if not 0 <= m.copy_paste <= 1:
         raise UserError(f"{where}.copy_paste: a probability in [0, 1]")
     if m.scale_jitter < 1:
