@@ -15,6 +15,13 @@ and on how far its imaging condition lies from the training conditions, the same
 the test set as on the holdout fold; test images farther than any holdout image are
 predicted like the farthest holdout images (no extrapolation of the trend).
 
+How much holdout evidence each type's estimate rests on is reported beside it (``support``):
+the holdout images it is regressed on, how many of them effectively weigh in (Kish's
+effective sample size of the kernel weights, averaged over the type's test images), and how
+many test images lie beyond the farthest of them. A type whose test images sit far from every
+holdout image is predicted from its two or three farthest, and its estimate moves with any
+one of them; its own bootstrap interval (``by_type_interval``) shows it.
+
 Pure numpy.
 """
 
@@ -30,12 +37,13 @@ import numpy as np
 from competition.csvio import atomic_write
 from competition.errors import DataError
 
-__all__ = ["METHOD", "write_calibration", "read_calibration", "expected_score"]
+__all__ = ["METHOD", "write_calibration", "read_calibration", "expected_score", "thin_support"]
 
 METHOD = ("mean over test images of the condition-out holdout score predicted, per image type, by Gaussian "
           "kernel regression on the image's distance to the training conditions (size and colour statistics); "
           "95% interval by bootstrap over the holdout images")
 #: Fewer holdout images of a type than this: that type is predicted from all holdout images.
+#: Also the effective number of holdout images under which a type's estimate is called thin.
 MIN_PER_TYPE = 5
 
 
@@ -78,29 +86,45 @@ def _bandwidth(d: np.ndarray) -> float:
     return float(max(0.9 * spread * len(d) ** -0.2, 0.05))
 
 
-def _predict(d_test: np.ndarray, d_cal: np.ndarray, s_cal: np.ndarray) -> np.ndarray:
+def _weights(d_test: np.ndarray, d_cal: np.ndarray) -> np.ndarray:
+    """Kernel weights, one row per test image, one column per holdout image."""
     h = _bandwidth(d_cal)
     d_eff = np.minimum(d_test, d_cal.max())  # no extrapolation beyond the farthest holdout image
-    w = np.exp(-0.5 * ((d_eff[:, None] - d_cal[None, :]) / h) ** 2) + 1e-300
-    return (w * s_cal[None, :]).sum(axis=1) / w.sum(axis=1)
+    return np.exp(-0.5 * ((d_eff[:, None] - d_cal[None, :]) / h) ** 2) + 1e-300
 
 
-def _estimate(test: Sequence[tuple[str, float]], cal: Sequence[tuple[str, float, float]]
-              ) -> tuple[float, dict[str, float]]:
+def _estimate(test: Sequence[tuple[str, float]], cal: Sequence[tuple[str, float, float]], *, support: bool = False
+              ) -> tuple[float, dict[str, float], dict[str, dict[str, Any]]]:
+    """(mean over the test images, mean per type, the holdout support per type when asked)."""
     types = np.array([c[0] for c in cal])
     d_cal = np.array([c[1] for c in cal], dtype=np.float64)
     s_cal = np.array([c[2] for c in cal], dtype=np.float64)
     per_image = np.zeros(len(test))
-    by_type: dict[str, list[float]] = {}
+    by_type: dict[str, float] = {}
+    backing: dict[str, dict[str, Any]] = {}
     for kind in sorted({t for t, _ in test}):
         rows = [i for i, (t, _) in enumerate(test) if t == kind]
         same = types == kind
-        if same.sum() < MIN_PER_TYPE:
+        borrowed = bool(same.sum() < MIN_PER_TYPE)
+        if borrowed:
             same = np.ones(len(cal), bool)
-        pred = _predict(np.array([test[i][1] for i in rows]), d_cal[same], s_cal[same])
+        d_test = np.array([test[i][1] for i in rows])
+        w = _weights(d_test, d_cal[same])
+        pred = (w * s_cal[same][None, :]).sum(axis=1) / w.sum(axis=1)
         per_image[rows] = pred
-        by_type[kind] = [float(v) for v in pred]
-    return float(per_image.mean()), {k: float(np.mean(v)) for k, v in by_type.items()}
+        by_type[kind] = float(pred.mean())
+        if support:
+            effective = w.sum(axis=1) ** 2 / (w ** 2).sum(axis=1)  # Kish's effective sample size
+            backing[kind] = {"n_test": len(rows), "n_holdout": int(same.sum()),
+                             "holdout_of": "all types (too few of this type)" if borrowed else kind,
+                             "effective_holdout": round(float(effective.mean()), 1),
+                             "beyond_farthest": int((d_test > d_cal[same].max()).sum())}
+    return float(per_image.mean()), by_type, backing
+
+
+def thin_support(support: Mapping[str, Any]) -> bool:
+    """Whether a type's estimate rests on fewer than :data:`MIN_PER_TYPE` effective holdout images."""
+    return float(support.get("effective_holdout", MIN_PER_TYPE)) < MIN_PER_TYPE
 
 
 def expected_score(test_types: Mapping[str, str], test_distances: Mapping[str, float],
@@ -113,7 +137,10 @@ def expected_score(test_types: Mapping[str, str], test_distances: Mapping[str, f
         calibration: from :func:`read_calibration`.
 
     Returns:
-        ``{"score", "interval", "by_type", "n_test", "n_holdout", "holdout_score", "method"}``.
+        ``{"score", "interval", "by_type", "by_type_interval", "support", "n_test", "n_holdout",
+        "holdout_score", "mean_distance", "method"}``; ``support``: per type, ``n_test``,
+        ``n_holdout`` (the holdout images regressed on), ``holdout_of``,
+        ``effective_holdout`` and ``beyond_farthest`` (see the module doc).
     """
     rows = calibration["rows"]
     cal = [(str(r["type"]), float(r["distance"]), float(r["score"])) for r in rows]
@@ -121,15 +148,21 @@ def expected_score(test_types: Mapping[str, str], test_distances: Mapping[str, f
     if not cal or not test:
         return {"score": None, "interval": None, "by_type": {}, "n_test": len(test), "n_holdout": len(cal),
                 "method": METHOD, "note": "no holdout calibration rows or no test image"}
-    score, by_type = _estimate(test, cal)
+    score, by_type, support = _estimate(test, cal, support=True)
     rng = np.random.default_rng(seed)
-    boots = []
+    boots, type_boots = [], {k: [] for k in by_type}
     for _ in range(n_boot):
         pick = rng.integers(0, len(cal), len(cal))
-        boots.append(_estimate(test, [cal[k] for k in pick])[0])
+        total, kinds, _ = _estimate(test, [cal[k] for k in pick])
+        boots.append(total)
+        for k, v in kinds.items():
+            type_boots[k].append(v)
     lo, hi = np.percentile(boots, (2.5, 97.5))
     return {"score": round(score, 4), "interval": [round(float(lo), 4), round(float(hi), 4)],
-            "by_type": {k: round(v, 4) for k, v in by_type.items()}, "n_test": len(test),
+            "by_type": {k: round(v, 4) for k, v in by_type.items()},
+            "by_type_interval": {k: [round(float(v), 4) for v in np.percentile(b, (2.5, 97.5))]
+                                 for k, b in type_boots.items()},
+            "support": support, "n_test": len(test),
             "n_holdout": len(cal), "holdout_score": round(float(np.mean([c[2] for c in cal])), 4),
             "mean_distance": {"test": round(float(np.mean([t[1] for t in test])), 3),
                               "holdout": round(float(np.mean([c[1] for c in cal])), 3)},

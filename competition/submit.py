@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -739,6 +740,25 @@ def _score(path: Path, opts: SubmitOptions, routing: Mapping[str, Any]):
     return scored, lines
 
 
+def support_lines(expected: Mapping[str, Any]) -> list[str]:
+    """One line per type of an expected score: its own interval and the holdout evidence it
+    rests on, flagged where that is thin (see :mod:`competition.expected`)."""
+    from competition.expected import thin_support
+
+    lines = []
+    intervals = expected.get("by_type_interval") or {}
+    for kind, support in (expected.get("support") or {}).items():
+        lo, hi = intervals.get(kind, (math.nan, math.nan))
+        beyond = support["beyond_farthest"]
+        lines.append(
+            f"  {kind} {expected['by_type'][kind]:.4f} [{lo:.4f}, {hi:.4f}]: {support['n_test']} test images, "
+            f"regressed on {support['n_holdout']} holdout images of {support['holdout_of']}, about "
+            f"{support['effective_holdout']:g} of them weigh in"
+            + (f"; {beyond} test image(s) lie beyond the farthest of them" if beyond else "")
+            + ("; THIN: this estimate moves with any one of those images" if thin_support(support) else ""))
+    return lines
+
+
 def format_summary(result: SubmitResult) -> list[str]:
     """Lines for the terminal after a submission."""
     r = result.record
@@ -774,6 +794,7 @@ def format_summary(result: SubmitResult) -> list[str]:
             lines.append(f"expected score {expected['score']:.4f} [{lo:.4f}, {hi:.4f}] "
                          f"(holdout {expected['holdout_score']:.4f} on {expected['n_holdout']} images; "
                          + ", ".join(f"{k} {v:.4f}" for k, v in expected["by_type"].items()) + ")")
+            lines.extend(support_lines(expected))
             lines.append(f"  how: {expected['method']}")
     if result.upload is not None:
         lines.append(f"kaggle upload: {result.upload['status']}: {result.upload['detail']}")

@@ -94,3 +94,32 @@ def test_scores_by_condition_biggest_first():
     assert list(out) == ["x", "unknown", "y"]
     assert out["x"] == {"score": 0.3, "n_images": 2}
     assert out["unknown"]["n_images"] == 1
+
+
+def test_each_type_reports_the_holdout_evidence_it_rests_on(tmp_path):
+    from competition.submit import support_lines
+
+    cal = read_calibration(write_calibration(tmp_path / "c.json", calibration(n=80), key={}))
+    out = expected_score({"a": "fluorescence", "b": "fluorescence", "c": "histology", "d": "histology"},
+                         {"a": 2.0, "b": 2.1, "c": 9.0, "d": 12.0}, cal)
+    fluo, histo = out["support"]["fluorescence"], out["support"]["histology"]
+    assert (fluo["n_test"], fluo["n_holdout"], fluo["holdout_of"], fluo["beyond_farthest"]) == (2, 60, "fluorescence", 0)
+    assert (histo["n_test"], histo["n_holdout"], histo["beyond_farthest"]) == (2, 20, 2)
+    # mid-range test images weigh many holdout images; those beyond the farthest, a few at the edge
+    assert fluo["effective_holdout"] > 10 > histo["effective_holdout"] >= 1
+    for kind in ("fluorescence", "histology"):
+        lo, hi = out["by_type_interval"][kind]
+        assert lo <= out["by_type"][kind] <= hi
+    # the few images at the edge make the far type's own interval the wider one
+    width = {k: hi - lo for k, (lo, hi) in out["by_type_interval"].items()}
+    assert width["histology"] > width["fluorescence"]
+    lines = support_lines(out)
+    assert len(lines) == 2 and "THIN" not in lines[0]
+    assert histo["effective_holdout"] < 5 and "THIN" in lines[1] and "2 test image(s) lie beyond" in lines[1]
+
+
+def test_a_type_that_borrows_every_holdout_image_says_so(tmp_path):
+    rows = [r for r in calibration() if r["type"] == "fluorescence"]
+    cal = read_calibration(write_calibration(tmp_path / "c.json", rows, key={}))
+    support = expected_score({"x": "brightfield"}, {"x": 1.0}, cal)["support"]["brightfield"]
+    assert support["n_holdout"] == len(rows) and support["holdout_of"].startswith("all types")
