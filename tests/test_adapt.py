@@ -179,6 +179,20 @@ def test_a_source_without_weights_says_what_to_train(world, tmp_path):
         AdaptSettings(epochs=0)
 
 
+def test_an_averaged_member_is_adapted_without_averaging_back(world, tmp_path):
+    from competition.ensemble import read_ensemble
+    from competition.train.adapt import AdaptSettings, adapt_members
+
+    models = tmp_path / "models"
+    shutil.copytree(world["models"] / "at", models / "at")
+    path = models / "at" / "all/a" / "config.json"
+    config = json.loads(path.read_text())
+    config["member"]["average_with_init"] = 0.5
+    path.write_text(json.dumps(config))
+    (member, _, _), = adapt_members(read_ensemble(models / "at" / "ensemble.json"), AdaptSettings())
+    assert member.init_from == "all/a" and member.average_with_init == 0.0
+
+
 def test_pseudo_images_carry_the_submissions_objects(world):
     from competition.rle import rles_to_label
     from competition.submission import validate_submission

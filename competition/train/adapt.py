@@ -115,7 +115,9 @@ def adapt_members(source: Ensemble, settings: AdaptSettings) -> list[tuple[Membe
         member = dataclasses.replace(trained, init_from=key, epochs=settings.epochs,
                                      samples_per_epoch=settings.samples_per_epoch, lr=settings.lr,
                                      min_lr=settings.min_lr, schedule="cosine", freeze_encoder_epochs=0,
-                                     valid_every=settings.epochs)
+                                     valid_every=settings.epochs,
+                                     # the adapted weights themselves, not averaged back with the start
+                                     average_with_init=0.0)
         out.append((member, folder, tuple(config["channels"])))
     return out
 
