@@ -45,6 +45,8 @@ SURVEY ?=
 # default 1.6) by SURVEY_UPSCALE (default 2; 0: never) and trusts the view the members are
 # surest of (SURVEY_RULE=confidence, the default), or its largest factor whose nuclei
 # measure within SURVEY_RANGE of the members' diameter (SURVEY_RULE=fit; 1: the closest view).
+# The final pass shrinks an image of large nuclei only until they measure SHRINK_RANGE times
+# the members' diameter (default 0: each member's training scale jitter; 1: to the diameter).
 NUCLEUS_PX ?=
 MAX_UPSCALE ?=
 UPSCALE_MAX_PIXELS ?=
@@ -53,11 +55,12 @@ RESCALE_TOLERANCE ?=
 SURVEY_RANGE ?=
 SURVEY_UPSCALE ?=
 SURVEY_RULE ?=
+SHRINK_RANGE ?=
 RESIZING = $(if $(NUCLEUS_PX),--nucleus-px $(NUCLEUS_PX)) $(if $(MAX_UPSCALE),--max-upscale $(MAX_UPSCALE)) \
 	$(if $(UPSCALE_MAX_PIXELS),--upscale-max-pixels $(UPSCALE_MAX_PIXELS)) \
 	$(if $(SIZE_MAX_PIXELS),--size-max-pixels $(SIZE_MAX_PIXELS)) $(if $(RESCALE_TOLERANCE),--rescale-tolerance $(RESCALE_TOLERANCE)) \
 	$(if $(SURVEY_RANGE),--survey-range $(SURVEY_RANGE)) $(if $(SURVEY_UPSCALE),--survey-upscale $(SURVEY_UPSCALE)) \
-	$(if $(SURVEY_RULE),--survey-rule $(SURVEY_RULE))
+	$(if $(SURVEY_RULE),--survey-rule $(SURVEY_RULE)) $(if $(SHRINK_RANGE),--shrink-range $(SHRINK_RANGE))
 SIZING = $(if $(SURVEY),--survey-factors $(SURVEY)) $(RESIZING)
 MEMBER ?=
 FOLD ?= 0

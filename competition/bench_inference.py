@@ -178,7 +178,7 @@ def passes_text(passes: tuple[tuple[str, float, float], ...]) -> str:
 #: identity view from that pass, which makes the reference slightly faster than it was).
 REFERENCE_SIZING = {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": 0, "rescale_tolerance": 0.0,
                     "survey_range": 1.0, "survey_upscale": 0, "survey_rule": "fit",
-                    "upscale_max_pixels": 0}
+                    "upscale_max_pixels": 0, "shrink_range": 1.0}
 
 
 #: Appended to the engine check's engine: float32 PyTorch at the fast path's own resizing.

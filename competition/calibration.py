@@ -48,9 +48,11 @@ def size_check(routing: Mapping[str, Any], solution: Path) -> dict[str, Any] | N
 def _default_sizing() -> dict[str, Any]:
     """The resizing of records made before a setting was recorded: the predictor's defaults
     of that time (a size pass's factors were never kept: no rescale tolerance; the survey's
-    closest view won, and it had no enlarged view)."""
+    closest view won, and it had no enlarged view; the final pass shrank images all the way to
+    the members' diameter)."""
     return {"nucleus_px": None, "max_upscale": 3.0, "size_max_pixels": None, "rescale_tolerance": 0.0,
-            "upscale_max_pixels": None, "survey_range": 1.0, "survey_upscale": 0.0, "survey_rule": "fit"}
+            "upscale_max_pixels": None, "survey_range": 1.0, "survey_upscale": 0.0, "survey_rule": "fit",
+            "shrink_range": 1.0}
 
 
 def calibration_key(record: Mapping[str, Any]) -> dict[str, Any]:

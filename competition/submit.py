@@ -100,7 +100,7 @@ class SubmitOptions:
         survey_factors: resize factors of the first nucleus-size pass (None: the predictor's
             default, native, half and quarter size).
         nucleus_px, max_upscale, size_max_pixels, rescale_tolerance, upscale_max_pixels,
-        survey_range, survey_upscale:
+        survey_range, survey_upscale, survey_rule, shrink_range:
             how far the size-estimated passes resize (at most, in factor and in pixels), how much of a large image the size passes see,
             when a new estimate keeps the factors a pass ran at and which survey view is trusted (see
             :class:`competition.predict.EnsemblePredictor`; None: its defaults).
@@ -141,6 +141,7 @@ class SubmitOptions:
     survey_range: float | None = None
     survey_upscale: float | None = None
     survey_rule: str | None = None
+    shrink_range: float | None = None
 
     def sizing(self) -> dict[str, Any]:
         """The resizing settings asked for (None: the predictor's default), as keywords of
@@ -148,7 +149,7 @@ class SubmitOptions:
         return {"nucleus_px": self.nucleus_px, "max_upscale": self.max_upscale, "size_max_pixels": self.size_max_pixels,
                 "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels,
                 "survey_range": self.survey_range, "survey_upscale": self.survey_upscale,
-                "survey_rule": self.survey_rule}
+                "survey_rule": self.survey_rule, "shrink_range": self.shrink_range}
 
 
 @dataclass

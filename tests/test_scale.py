@@ -581,3 +581,35 @@ def test_the_size_passes_of_a_large_image_see_only_its_windows(tmp_path):
     assert seen[4 * 64 * 64][:4] == [(96, 96)] * 4, "the survey: four 64 px windows plus margins"
     assert len(seen[4 * 64 * 64]) == 4 + 4 + 1, "survey and refinement on windows: nothing to reuse"
     assert seen[4 * 64 * 64][-1] == seen[0][-1], "the final pass still predicts the whole image"
+
+
+def test_the_final_pass_shrinks_large_nuclei_only_to_the_top_of_the_trained_sizes(tmp_path):
+    from competition.ensemble import load_ensemble
+    from competition.errors import UserError
+    from competition.predict import EnsemblePredictor
+    from competition.predict.ensemble import snap_scale
+
+    models = scaled_member(tmp_path)
+    config = tmp_path / "models" / "s" / "all" / "a" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()),
+                                  "member": {"nucleus_diameter": 24.0, "scale_jitter": 1.5}}))
+    label = disks((224, 224), [(56, 56), (56, 168), (168, 56), (168, 168)], 24)  # ~48 px across
+
+    def final(**kw):
+        nets: list[BrightNet] = []
+        image = np.where(label[..., None] > 0, 220, 10).astype(np.uint8).repeat(3, axis=2)
+        predictor = EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader(nets),
+                                      engine="torch", **FIT, **kw)
+        probs, route = predictor.predict(image)
+        assert ((probs[0] > 0.5) == (label > 0)).mean() > 0.97
+        return dict(route.scales)["all/a"], route.diameter, predictor.sizing()["shrink_range"]
+
+    limited, diameter, recorded = final()
+    assert recorded == 0.0 and diameter == pytest.approx(median_diameter(label), rel=0.15)
+    # to 1.5 x 24 = 36 px (the member's jitter), not to its 24 px diameter
+    assert limited == snap_scale(36 / diameter) and limited > 0.7
+    full, _, recorded = final(shrink_range=1.0)
+    assert recorded == 1.0 and full == snap_scale(24 / diameter) and full < 0.55
+    assert final(shrink_range=2.5)[0] == 1.0  # 60 px lies above these nuclei: not shrunk at all
+    with pytest.raises(UserError, match="shrink_range"):
+        EnsemblePredictor(load_ensemble(models, "s"), device="cpu", loader=recording_loader([]), shrink_range=0.5)

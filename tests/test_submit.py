@@ -870,7 +870,8 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     assert "other members, TTA" in other.record["expected_score"]["note"]
     assert test.record["sizing"] == {"nucleus_px": None, "max_upscale": 2.0, "size_max_pixels": 500_000,
                                      "rescale_tolerance": 0.125, "upscale_max_pixels": 2_000_000,
-                                     "survey_range": 1.6, "survey_upscale": 2.0, "survey_rule": "confidence"}
+                                     "survey_range": 1.6, "survey_upscale": 2.0, "survey_rule": "confidence",
+                                     "shrink_range": 0.0}
     resized = submit(world, tmp_path, calibration=cal, nucleus_px=20.0)
     assert resized.record["sizing"]["nucleus_px"] == 20.0
     assert resized.record["expected_score"]["score"] is None, "resized otherwise than the holdout"
@@ -887,7 +888,7 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     cal.write_text(json.dumps(data))  # it speaks for the settings of that time only
     assert submit(world, tmp_path, calibration=cal, survey_rule="fit").record["expected_score"]["score"] is None
     again = submit(world, tmp_path, calibration=cal, rescale_tolerance=0.0, max_upscale=3.0, size_max_pixels=0,
-                   upscale_max_pixels=0, survey_range=1.0, survey_upscale=0, survey_rule="fit")
+                   upscale_max_pixels=0, survey_range=1.0, survey_upscale=0, survey_rule="fit", shrink_range=1.0)
     assert again.record["expected_score"]["score"] == pytest.approx(expected["score"])
 
 

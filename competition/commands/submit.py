@@ -32,7 +32,7 @@ def tiling_from_args(args: argparse.Namespace):
 #: The resizing options of :func:`add_sizing_arguments`: keywords of
 #: :class:`competition.predict.EnsemblePredictor` (and of ``SubmitOptions``).
 SIZING_OPTIONS = ("survey_range", "survey_upscale", "survey_rule", "nucleus_px", "max_upscale", "upscale_max_pixels", "size_max_pixels",
-                  "rescale_tolerance")
+                  "rescale_tolerance", "shrink_range")
 
 
 def add_sizing_arguments(parser) -> None:
@@ -53,6 +53,10 @@ def add_sizing_arguments(parser) -> None:
                         help="the size-estimated passes up-scale an image to at most N pixels (default: 2000000; 0: no limit beyond --max-upscale)")
     parser.add_argument("--size-max-pixels", type=int, metavar="N",
                         help="the size passes of a larger image see four windows of N/4 pixels, not the whole image (default: 500000; 0: the whole image)")
+    parser.add_argument("--shrink-range", type=float, metavar="R",
+                        help="the final pass shrinks an image of large nuclei only until they measure R times the members' "
+                             "diameter (default: 0, each member's training scale jitter, the top of the sizes it saw; "
+                             "1: down to the diameter, the rule before 2026-12-06)")
     parser.add_argument("--rescale-tolerance", type=float, metavar="OCTAVES",
                         help="a size estimate within this many octaves of a pass's factors keeps them, and that pass is the identity view of the final one (default: 0.125; 0: exact factors only)")
 

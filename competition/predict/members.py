@@ -56,6 +56,12 @@ class LoadedMember:
         """The diameter the member was trained at (0: native scale)."""
         return float((self.config.get("member") or {}).get("nucleus_diameter", 0.0) or 0.0)
 
+    @property
+    def scale_jitter(self) -> float:
+        """The member's training scale jitter: it saw nuclei from ``nucleus_diameter /
+        scale_jitter`` to ``nucleus_diameter * scale_jitter`` px across (1: none)."""
+        return max(1.0, float((self.config.get("member") or {}).get("scale_jitter", 1.0) or 1.0))
+
 
 def predict_member(
     member: LoadedMember,
