@@ -60,6 +60,25 @@ def test_openvino_bf16_stays_within_the_bf16_tolerance(member):
     assert diff.max() <= E.TOLERANCE[("openvino", "bf16")]
 
 
+@pytest.mark.skipif("openvino" not in FAST, reason="openvino not installed")
+def test_an_openvino_engine_converts_a_numpy_array_in_the_thread_that_builds_it(tmp_path, monkeypatch):
+    """Image streams build their engines in the main thread, then start their first inferences
+    together. Unless the bindings' first NumPy conversion has already happened, two of those
+    can deadlock: six engines' first inferences at once hung 5 of 60 fresh processes without
+    it and none of 90 with it. The race is too rare to catch in a test, so this checks that the
+    constructor does the conversion, in its own thread, before returning."""
+    import threading
+
+    from torch import nn
+
+    model = E.export_onnx(nn.Sequential(nn.Conv2d(3, 3, 1)).eval(), tmp_path / "tiny.onnx")
+    calls, real = [], E.initialise_numpy_bindings
+    monkeypatch.setattr(E, "initialise_numpy_bindings", lambda: (calls.append(threading.get_ident()), real()))
+    engine = E.OpenVinoEngine(model, threads=1, pin=False)
+    assert calls == [threading.get_ident()]
+    assert engine(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
 @pytest.mark.parametrize("engine", FAST)
 def test_a_fast_engines_output_survives_its_next_call(engine, member):
     """predict_network weighs each output into the sum after the batch's call; an engine that

@@ -154,6 +154,21 @@ class OnnxRuntimeEngine:
         return torch.from_numpy(self.session.run(None, {self.input: x})[0])
 
 
+def initialise_numpy_bindings() -> None:
+    """Make OpenVINO's bindings convert a NumPy array once, in the calling thread.
+
+    The first conversion in a process initialises pybind11's NumPy API inside a one-time
+    static. The initialiser releases the GIL while another thread waits for the same static
+    with the GIL held, so two image streams whose first inferences coincide deadlock (seen
+    once in `make holdout`, and in 5 of 60 fresh processes that ran six engines' first
+    inferences at once; none of 90 once this runs first). Engines are built in the main
+    thread before any stream starts, so calling this there settles it. Cheap, and idempotent.
+    """
+    import openvino as ov
+
+    _ = ov.Tensor(np.zeros((1,), dtype=np.float32)).data
+
+
 class OpenVinoEngine:
     """An exported member compiled by OpenVINO for the CPU (bf16 for ``bf16`` members)."""
 
@@ -175,6 +190,7 @@ class OpenVinoEngine:
             config["ENABLE_CPU_PINNING"] = False
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
+        initialise_numpy_bindings()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
