@@ -558,8 +558,8 @@ def _fit(
     model.to(device)
     if uses_channels_last(device, member.precision):
         model.to(memory_format=torch.channels_last)
-    if parent_state is not None and info.is_main:
-        # the averaged network that is validated and saved (the trained one keeps training)
+    if parent_state is not None and info.is_main and valid:
+        # the averaged network that is validated (the trained one keeps training)
         scored_model = build_network(member.arch, member.encoder, len(channels), member.decoder_channels)
         scored_model.to(device)
         if uses_channels_last(device, member.precision):
@@ -625,14 +625,14 @@ def _fit(
         ev, improved = None, False
         if info.is_main:
             state = {k: v.detach().cpu() for k, v in unwrap(net).state_dict().items()}
-            scored, scored_net = state, net
-            if scored_model is not None:
-                scored = average_weights(state, parent_state, member.average_with_init)
-                scored_model.load_state_dict(scored)
-                scored_net = scored_model
+            # what is validated and saved as best.pt: the weights, or their average with the parent's
+            scored = (average_weights(state, parent_state, member.average_with_init)
+                      if validate and parent_state is not None else state)
             if validate and valid:
-                ev = evaluate(scored_net, valid, config, device, loss_fn=loss_fn, keep_probs=True,
-                              desc=f"{member.key} valid")
+                if scored_model is not None:
+                    scored_model.load_state_dict(scored)
+                ev = evaluate(net if scored_model is None else scored_model, valid, config, device,
+                              loss_fn=loss_fn, keep_probs=True, desc=f"{member.key} valid")
                 improved = ev.score > best_score
             elif validate and not valid:
                 improved = True  # nothing to validate on: keep the latest weights
