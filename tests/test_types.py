@@ -107,6 +107,13 @@ def test_types_csv_round_trip(tmp_path):
     assert read_types(path) == {"a": "fluorescence", "b": "histology"}
 
 
+def test_read_types_takes_a_folds_file(tmp_path):
+    """A folds file starts with ImageId,type: `competition score --types build/folds.csv`."""
+    path = tmp_path / "folds.csv"
+    path.write_text("ImageId,type,fold,condition\na,fluorescence,0,fluorescence-256x256-0\nb,histology,3,histology-256x320-1\n")
+    assert read_types(path) == {"a": "fluorescence", "b": "histology"}
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -115,6 +122,8 @@ def test_types_csv_round_trip(tmp_path):
         ("ImageId,type\na,histology\na,histology\n", "duplicate"),
         ("ImageId,type\n,histology\n", "empty ImageId"),
         ("ImageId,type\na,histology,extra\n", "2 fields"),
+        ("ImageId,type,fold\na,histology\n", "3 fields"),
+        ("type,ImageId\nhistology,a\n", "header"),
         ("", "header"),
     ],
 )

@@ -150,7 +150,9 @@ def write_types(types: Mapping[str, str], path: str | Path) -> Path:
 
 
 def read_types(path: str | Path) -> dict[str, str]:
-    """Read an ``ImageId,type`` CSV written by :func:`write_types`.
+    """Read an ``ImageId,type`` CSV written by :func:`write_types`, or any CSV whose first two
+    columns are ``ImageId,type`` (a folds file, ``ImageId,type,fold,condition``: its other
+    columns are ignored).
 
     Returns:
         ImageId -> type, in file order.
@@ -168,13 +170,14 @@ def read_types(path: str | Path) -> dict[str, str]:
     with handle:
         reader = csv.reader(handle)
         header = next(reader, None)
-        if header is None or [h.strip() for h in header] != _TYPES_HEADER:
-            raise DataError(f"{path}: not a types file, expected header {','.join(_TYPES_HEADER)}, got {header}")
+        if header is None or [h.strip() for h in header[:2]] != _TYPES_HEADER:
+            raise DataError(f"{path}: not a types file, expected a header starting {','.join(_TYPES_HEADER)}, "
+                            f"got {header}")
         for line, row in enumerate(reader, start=2):
             if not row:
                 continue
-            if len(row) != 2:
-                raise DataError(f"{path} line {line}: expected 2 fields (ImageId,type), got {len(row)}")
+            if len(row) != len(header):
+                raise DataError(f"{path} line {line}: expected {len(header)} fields ({','.join(header)}), got {len(row)}")
             image_id, kind = row[0].strip(), row[1].strip()
             if not image_id:
                 raise DataError(f"{path} line {line}: empty ImageId")
