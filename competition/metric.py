@@ -28,6 +28,7 @@ prediction, 0.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,3 +197,128 @@ def score_image(true_label: np.ndarray, pred_label: np.ndarray, image_id: str = 
 def score_images(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> ScoreResult:
     """Score many images: ``pairs`` yields ``(image_id, true_label, pred_label)``."""
     return ScoreResult(tuple(score_image(t, p, image_id) for image_id, t, p in pairs))
+
+
+COVERED_FRACTION = 0.2
+"""In :func:`error_counts`, the share of an object's area that counts as covered by the other
+side: a true nucleus less covered than this by predictions is missed, and a prediction less
+covered by true nuclei lies on the background."""
+
+
+@dataclass(frozen=True)
+class ErrorCounts:
+    """Where one image's score is lost at one IoU threshold (:func:`error_counts`).
+
+    Attributes:
+        n_true, n_pred: numbers of true and predicted objects.
+        matched: true objects matched by a prediction (IoU > threshold): the true positives.
+        missed: unmatched true objects that predictions cover less than
+            :data:`COVERED_FRACTION` of.
+        merged: unmatched true objects whose largest overlapping prediction also covers at
+            least :data:`COVERED_FRACTION` of another true object (joined with a neighbour).
+        split: unmatched true objects that two or more predictions each cover at least
+            :data:`COVERED_FRACTION` of (cut into pieces).
+        outline: the other unmatched true objects: one prediction covers them, with too
+            little overlap (too small, too large or shifted).
+        background: unmatched predictions of which true objects cover less than
+            :data:`COVERED_FRACTION`: invented objects.
+        on_nuclei: the other unmatched predictions (pieces of split nuclei, merged blobs,
+            poor outlines).
+        matched_iou: the sum of the matched pairs' IoUs: over ``matched``, how well the found
+            nuclei are outlined, which is what the thresholds above 0.5 pay for.
+
+    ``matched + missed + merged + split + outline == n_true`` and
+    ``matched + background + on_nuclei == n_pred``. Counts add up over images with ``+``.
+    """
+
+    n_true: int = 0
+    n_pred: int = 0
+    matched: int = 0
+    missed: int = 0
+    merged: int = 0
+    split: int = 0
+    outline: int = 0
+    background: int = 0
+    on_nuclei: int = 0
+    matched_iou: float = 0.0
+
+    def __add__(self, other: ErrorCounts) -> ErrorCounts:
+        return ErrorCounts(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+    def describe(self) -> str:
+        """One line: the true objects by outcome, then the unmatched predictions."""
+        mean_iou = f" (mean IoU {self.matched_iou / self.matched:.3f})" if self.matched else ""
+        return (f"{self.n_true} true: {self.matched} matched{mean_iou}, {self.missed} missed, {self.merged} merged, "
+                f"{self.split} split, {self.outline} outline; {self.n_pred} predicted: "
+                f"{self.n_pred - self.matched} unmatched ({self.background} on background, {self.on_nuclei} on nuclei)")
+
+
+def error_counts(true_label: np.ndarray, pred_label: np.ndarray, threshold: float = 0.5) -> ErrorCounts:
+    """Sort an image's unmatched true and predicted objects by cause at one IoU threshold.
+
+    Tells which failure costs the score: nuclei not found at all, joined with a neighbour,
+    cut into pieces, or found with a poor outline, and predictions on the background. A match
+    is IoU > ``threshold``, as in :func:`score_image`; the causes are decided in the order of
+    :class:`ErrorCounts`'s fields (missed, then merged, then split, else outline).
+
+    Args:
+        true_label, pred_label: H×W int label images (0 = background).
+        threshold: the IoU a match must exceed, in [0.5, 1) (so matches are one to one).
+
+    Returns:
+        :class:`ErrorCounts`.
+
+    Raises:
+        ValueError: a threshold outside [0.5, 1), or label images of different shapes.
+
+    Shapes: (H, W), (H, W) -> ErrorCounts.
+
+    >>> truth = np.zeros((8, 20), int); truth[2:6, 1:5] = 1; truth[2:6, 6:10] = 2; truth[2:6, 13:17] = 3
+    >>> pred = np.zeros_like(truth); pred[2:6, 1:10] = 1  # nuclei 1 and 2 joined; 3 not found
+    >>> c = error_counts(truth, pred)
+    >>> (c.matched, c.missed, c.merged, c.on_nuclei)
+    (0, 1, 2, 1)
+    """
+    if not 0.5 <= threshold < 1.0:
+        raise ValueError(f"threshold must lie in [0.5, 1), got {threshold}")
+    ti, pi, inter, true_area, pred_area = intersections(true_label, pred_label)
+    n_true, n_pred = len(true_area), len(pred_area)
+    union = true_area[ti] + pred_area[pi] - inter
+    hit = inter > threshold * union
+    true_matched = np.zeros(n_true, bool)
+    pred_matched = np.zeros(n_pred, bool)
+    true_matched[ti[hit]] = True
+    pred_matched[pi[hit]] = True
+    # a pair "covers" its true object, or its prediction, by COVERED_FRACTION of that one's area
+    covers_true = inter >= COVERED_FRACTION * true_area[ti]
+    covered = np.bincount(ti, weights=inter, minlength=n_true)
+    pieces = np.bincount(ti[covers_true], minlength=n_true)
+    true_per_pred = np.bincount(pi[covers_true], minlength=n_pred)  # true objects each prediction covers
+    largest = np.full(n_true, -1)  # each true object's largest overlapping prediction
+    order = np.lexsort((inter, ti))  # by true object, then overlap: the last of each run is its largest
+    last = np.r_[ti[order][1:] != ti[order][:-1], True] if len(order) else np.zeros(0, bool)
+    largest[ti[order][last]] = pi[order][last]
+    missed = merged = split = outline = 0
+    for t in np.flatnonzero(~true_matched):
+        if covered[t] < COVERED_FRACTION * true_area[t]:
+            missed += 1
+        elif largest[t] >= 0 and true_per_pred[largest[t]] >= 2:
+            merged += 1
+        elif pieces[t] >= 2:
+            split += 1
+        else:
+            outline += 1
+    on_truth = np.bincount(pi, weights=inter, minlength=n_pred)
+    background = int(np.sum(~pred_matched & (on_truth < COVERED_FRACTION * pred_area)))
+    return ErrorCounts(
+        n_true=n_true,
+        n_pred=n_pred,
+        matched=int(true_matched.sum()),
+        missed=missed,
+        merged=merged,
+        split=split,
+        outline=outline,
+        background=background,
+        on_nuclei=int(n_pred - pred_matched.sum()) - background,
+        matched_iou=float(np.sum(inter[hit] / union[hit])),
+    )

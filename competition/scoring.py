@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from competition.errors import RLEError, UserError
-from competition.metric import ScoreResult, score_image
+from competition.metric import ErrorCounts, ScoreResult, error_counts, score_image
 from competition.solution import read_solution
 from competition.submission import Problem, validate_submission
 
@@ -28,11 +28,14 @@ class SubmissionScore:
         result: per-image scores of the scored (non-``Ignored``) images.
         usage: ImageId -> Usage of the scored images.
         types: ImageId -> image type, when known (else empty).
+        errors: ImageId -> where the image's score is lost at IoU 0.5
+            (:func:`competition.metric.error_counts`).
     """
 
     result: ScoreResult
     usage: dict[str, str]
     types: dict[str, str]
+    errors: dict[str, ErrorCounts] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -44,6 +47,16 @@ class SubmissionScore:
         if self.types:
             out.update(self.result.by_group(self.types))
         return out
+
+    def errors_by_group(self) -> dict[str, ErrorCounts]:
+        """The error counts summed per image type (all images under ``"all"`` without
+        types), sorted by group."""
+        groups = self.types or {i: "all" for i in self.errors}
+        out: dict[str, ErrorCounts] = {}
+        for image_id, counts in self.errors.items():
+            group = groups.get(image_id, "unknown")
+            out[group] = out.get(group, ErrorCounts()) + counts
+        return dict(sorted(out.items()))
 
 
 def score_submission(
@@ -65,7 +78,7 @@ def score_submission(
     sub, problems = validate_submission(submission, required_ids=list(truth), shapes=shapes)
     if problems:
         raise InvalidSubmission(Path(submission), problems)
-    scores = []
+    scores, errors = [], {}
     for image_id, true_image in truth.items():
         if true_image.usage == "Ignored":
             continue
@@ -73,15 +86,18 @@ def score_submission(
             pred = sub.label(image_id, true_image.shape)
         except RLEError as exc:  # validated above; kept so a bug cannot pass silently
             raise InvalidSubmission(Path(submission), [Problem(image_id, str(exc))]) from None
-        scores.append(score_image(true_image.label(), pred, image_id))
+        true_label = true_image.label()
+        scores.append(score_image(true_label, pred, image_id))
+        errors[image_id] = error_counts(true_label, pred)
     result = ScoreResult(tuple(scores))
     usage = {s.image_id: truth[s.image_id].usage for s in scores}
     known_types = {i: t for i, t in (types or {}).items() if i in usage}
-    return SubmissionScore(result, usage, known_types)
+    return SubmissionScore(result, usage, known_types, errors)
 
 
 def format_report(scored: SubmissionScore, *, worst: int = 5) -> list[str]:
-    """Lines for the terminal: per Usage, per type, interval, the worst images, the score.
+    """Lines for the terminal: per Usage, per type, per threshold, the errors at IoU 0.5 per
+    type (:func:`competition.metric.error_counts`), interval, the worst images, the score.
 
     The last line is ``score 0.xxxx``.
     """
@@ -97,6 +113,8 @@ def format_report(scored: SubmissionScore, *, worst: int = 5) -> list[str]:
             lines.append(f"type  {kind:<12} {value:.4f}  (n={n})")
     thresholds = " ".join(f"{v:.3f}" for v in result.per_threshold)
     lines.append(f"per threshold 0.50..0.95: {thresholds}")
+    for kind, counts in scored.errors_by_group().items():
+        lines.append(f"errors at IoU 0.5, {kind}: {counts.describe()}")
     lines.append(f"95% bootstrap interval over images: [{low:.4f}, {high:.4f}]")
     for s in sorted(result.images, key=lambda s: s.score)[:worst]:
         lines.append(f"worst {s.image_id} {s.score:.4f} (true {s.n_true}, predicted {s.n_pred})")

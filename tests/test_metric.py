@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
@@ -181,3 +182,90 @@ def test_dataset_mean_groups_and_interval():
 
 def test_empty_result():
     assert ScoreResult(()).score == 0.0
+
+
+# --- error_counts: where the score is lost ---------------------------------------------------
+
+from competition.metric import COVERED_FRACTION, ErrorCounts, error_counts  # noqa: E402
+
+
+def brute_force_errors(true_label: np.ndarray, pred_label: np.ndarray, threshold: float = 0.5) -> ErrorCounts:
+    """Reference: the rules of :class:`ErrorCounts` object by object, with masks."""
+    true_ids = [i for i in np.unique(true_label) if i]
+    pred_ids = [i for i in np.unique(pred_label) if i]
+    area_t = {t: int((true_label == t).sum()) for t in true_ids}
+    area_p = {p: int((pred_label == p).sum()) for p in pred_ids}
+    inter = {(t, p): int(((true_label == t) & (pred_label == p)).sum()) for t in true_ids for p in pred_ids}
+    iou = {k: Fraction(v, area_t[k[0]] + area_p[k[1]] - v) for k, v in inter.items()}
+    hit_t = {t for t in true_ids if any(iou[t, p] > threshold for p in pred_ids)}
+    hit_p = {p for p in pred_ids if any(iou[t, p] > threshold for t in true_ids)}
+    counts = dict(missed=0, merged=0, split=0, outline=0)
+    for t in sorted(set(true_ids) - hit_t):
+        overlaps = {p: inter[t, p] for p in pred_ids if inter[t, p]}
+        if sum(overlaps.values()) < COVERED_FRACTION * area_t[t]:
+            counts["missed"] += 1
+            continue
+        largest = max(overlaps, key=lambda p: overlaps[p])
+        neighbours = [u for u in true_ids if inter[u, largest] >= COVERED_FRACTION * area_t[u]]
+        if len(neighbours) >= 2:
+            counts["merged"] += 1
+        elif sum(1 for v in overlaps.values() if v >= COVERED_FRACTION * area_t[t]) >= 2:
+            counts["split"] += 1
+        else:
+            counts["outline"] += 1
+    unmatched = [p for p in pred_ids if p not in hit_p]
+    background = sum(1 for p in unmatched if sum(inter[t, p] for t in true_ids) < COVERED_FRACTION * area_p[p])
+    return ErrorCounts(n_true=len(true_ids), n_pred=len(pred_ids), matched=len(hit_t), background=background,
+                       on_nuclei=len(unmatched) - background,
+                       matched_iou=float(sum(iou[t, p] for t in true_ids for p in pred_ids if iou[t, p] > threshold)),
+                       **counts)
+
+
+def _rect(label, r, c, h, w, value):
+    label[r : r + h, c : c + w] = value
+
+
+def test_error_counts_each_cause():
+    true = np.zeros((30, 60), np.int32)
+    pred = np.zeros_like(true)
+    _rect(true, 2, 2, 6, 6, 1); _rect(pred, 2, 2, 6, 6, 1)  # found exactly
+    _rect(true, 2, 12, 6, 6, 2)  # not found
+    _rect(true, 2, 20, 6, 6, 3); _rect(true, 2, 26, 6, 6, 4); _rect(pred, 2, 20, 6, 12, 2)  # 3 and 4 joined
+    _rect(true, 12, 2, 8, 8, 5); _rect(pred, 12, 2, 8, 4, 3); _rect(pred, 12, 6, 8, 4, 4)  # 5 cut in halves
+    _rect(true, 12, 20, 10, 10, 6); _rect(pred, 14, 22, 6, 6, 5)  # 6 outlined far too small (IoU 0.36)
+    _rect(pred, 24, 40, 5, 5, 6)  # invented
+    c = error_counts(true, pred)
+    assert (c.matched, c.missed, c.merged, c.split, c.outline) == (1, 1, 2, 1, 1)
+    assert (c.n_true, c.n_pred, c.background, c.on_nuclei) == (6, 6, 1, 4)
+    assert c.matched_iou == pytest.approx(1.0)
+
+
+def test_error_counts_add_up_and_match_brute_force_on_random_labels():
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        shape = tuple(int(x) for x in rng.integers(8, 40, size=2))
+        true = np.zeros(shape, np.int32)
+        pred = np.zeros(shape, np.int32)
+        for label, n in ((true, rng.integers(0, 6)), (pred, rng.integers(0, 7))):
+            for i in range(1, n + 1):
+                _rect(label, rng.integers(0, shape[0]), rng.integers(0, shape[1]), *rng.integers(2, 12, size=2), i)
+        if rng.random() < 0.5:  # a noisy copy of the truth, some objects cut or joined
+            pred = true.copy()
+            pred[rng.random(shape) < 0.1] = 0
+        for threshold in (0.5, 0.75):
+            c = error_counts(true, pred, threshold)
+            ref = brute_force_errors(true, pred, threshold)
+            assert dataclasses.replace(c, matched_iou=0.0) == dataclasses.replace(ref, matched_iou=0.0)
+            assert c.matched_iou == pytest.approx(ref.matched_iou, abs=1e-12)
+            assert c.matched + c.missed + c.merged + c.split + c.outline == c.n_true
+            assert c.matched + c.background + c.on_nuclei == c.n_pred
+            assert c.matched == score_image(true, pred).tp[int(round(threshold * 20)) - 10]
+
+
+def test_error_counts_sum_over_images_and_refuse_low_thresholds():
+    a = ErrorCounts(n_true=3, n_pred=2, matched=2, missed=1, background=0, matched_iou=1.5)
+    b = ErrorCounts(n_true=1, n_pred=2, matched=1, background=1, matched_iou=0.75)
+    assert a + b == ErrorCounts(n_true=4, n_pred=4, matched=3, missed=1, background=1, matched_iou=2.25)
+    assert "mean IoU 0.750" in (a + b).describe()
+    with pytest.raises(ValueError, match="threshold"):
+        error_counts(np.zeros((4, 4), int), np.zeros((4, 4), int), 0.4)

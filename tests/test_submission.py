@@ -163,6 +163,12 @@ def test_score_submission_partial(tmp_path):
     assert scored.score == pytest.approx((0.5 + 1 + 1) / 3)
     assert scored.groups()["fluorescence"] == pytest.approx(0.5)
     assert format_report(scored)[-1] == f"score {scored.score:.4f}"
+    by_type = scored.errors_by_group()
+    assert (by_type["fluorescence"].matched, by_type["fluorescence"].missed) == (1, 1)
+    assert by_type["histology"].matched == by_type["histology"].n_true
+    errors = [line for line in format_report(scored) if line.startswith("errors at IoU 0.5")]
+    assert errors[0].startswith("errors at IoU 0.5, fluorescence: 2 true: 1 matched (mean IoU 1.000), 1 missed")
+    assert len(errors) == 2
 
 
 def test_score_rejects_invalid_submission(tmp_path):
