@@ -349,7 +349,7 @@ def _summary(submission: Path, sidecar: Mapping[str, Any], solution, scored, ent
         table.append("</table>")
         thresholds = " ".join(f"{v:.3f}" for v in scored.result.per_threshold)
         items.append(f"<li>per IoU threshold 0.50..0.95: {thresholds}</li>")
-        return "<ul>" + "".join(items) + "</ul>\n" + "\n".join(table)
+        return "<ul>" + "".join(items) + "</ul>\n" + "\n".join(table) + "\n" + _errors_table(scored)
     table = ["<table><tr><th>type</th><th>images</th><th>objects</th><th>objects per image</th></tr>"]
     for image_type, group in sorted(by_type.items()):
         total = sum(e.n_pred for e in group)
@@ -359,6 +359,21 @@ def _summary(submission: Path, sidecar: Mapping[str, Any], solution, scored, ent
     items.append(f"<li>no solution given: predictions only ({sum(e.n_pred for e in entries)} objects "
                  f"in {len(entries)} images)</li>")
     return "<ul>" + "".join(items) + "</ul>\n" + "\n".join(table)
+
+
+def _errors_table(scored) -> str:
+    """Where the score is lost at IoU 0.5, per type (:func:`competition.metric.error_counts`)."""
+    head = ("type", "true", "matched", "mean IoU of the matched", "missed", "merged", "split", "outline",
+            "predicted", "unmatched on background", "unmatched on nuclei")
+    rows = ["<h2>Where the score is lost (IoU 0.5)</h2>",
+            "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for image_type, c in scored.errors_by_group().items():
+        mean_iou = f"{c.matched_iou / c.matched:.3f}" if c.matched else "-"
+        cells = (html.escape(image_type), c.n_true, c.matched, mean_iou, c.missed, c.merged, c.split, c.outline,
+                 c.n_pred, c.background, c.on_nuclei)
+        rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
 
 
 _PAGE = """<!DOCTYPE html>

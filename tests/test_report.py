@@ -50,6 +50,14 @@ def test_report_with_solution_has_scores_and_every_image_it_references(drawn, tm
     for kind in ("fluorescence", "histology", "brightfield"):
         assert f"type {kind}" in text
     assert "score <b>" in text
+    # each test image lost one nucleus: per type, 2 missed (nothing predicted there), no other error
+    assert "Where the score is lost (IoU 0.5)" in text
+    for kind in ("fluorescence", "histology", "brightfield"):
+        row = re.search(rf"<tr><td>{kind}</td>((?:<td>[^<]*</td>)+)</tr>", text.split("Where the score is lost")[1])
+        true, matched, iou, missed, merged, split, outline, pred, background, on_nuclei = re.findall(r"<td>([^<]*)</td>", row.group(1))
+        assert int(true) - int(matched) == int(missed) == 2
+        assert (merged, split, outline, background, on_nuclei) == ("0", "0", "0", "0", "0")
+        assert int(pred) == int(matched) and iou == "1.000"
     from PIL import Image
 
     overlay = np.asarray(Image.open(index.parent / next(s for s in sources if s.startswith("overlay-"))))
