@@ -10,6 +10,9 @@ t = k / 20, so an IoU of exactly 0.5 is not a hit, with no floating-point doubt.
 t >= 0.5, a true object can overlap at most one predicted object with IoU > t, so counting the
 pairs above t counts the matches.
 
+:func:`error_counts` says where an image's score is lost at one threshold: the true objects
+missed, merged with a neighbour, split or poorly outlined, and the predictions on the background.
+
 Empty images: with no true and no predicted object, every threshold scores 1 (nothing to find,
 nothing wrongly found); with no true object and any prediction, 0; with true objects and no
 prediction, 0.
@@ -27,8 +30,8 @@ prediction, 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,8 +217,8 @@ class ErrorCounts:
         matched: true objects matched by a prediction (IoU > threshold): the true positives.
         missed: unmatched true objects that predictions cover less than
             :data:`COVERED_FRACTION` of.
-        merged: unmatched true objects whose largest overlapping prediction also covers at
-            least :data:`COVERED_FRACTION` of another true object (joined with a neighbour).
+        merged: unmatched true objects whose largest overlapping prediction covers at least
+            :data:`COVERED_FRACTION` of two or more true objects (joined with a neighbour).
         split: unmatched true objects that two or more predictions each cover at least
             :data:`COVERED_FRACTION` of (cut into pieces).
         outline: the other unmatched true objects: one prediction covers them, with too

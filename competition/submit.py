@@ -22,6 +22,7 @@ reported in the log and the JSON, unless ``strict`` (then :class:`DataError`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -686,6 +687,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
             "score": round(result.score.score, 6),
             "groups": {k: round(v, 6) for k, v in result.score.groups().items()},
             "interval": [round(v, 6) for v in result.score.result.bootstrap_interval()],
+            "errors_at_iou_0.5": {k: {f: round(v, 4) if isinstance(v, float) else v
+                                      for f, v in dataclasses.asdict(c).items()}
+                                  for k, c in result.score.errors_by_group().items()},
         }
         record["size_check"] = size_check(pred.routing, opts.solution)
         conditions = conditions_of(ensemble)

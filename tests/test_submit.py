@@ -314,6 +314,11 @@ def test_solution_scores_and_appends_to_the_leaderboard(world, tmp_path):
     assert rows[0]["submission"] == str(result.path)
     record = json.loads(result.sidecar.read_text())
     assert record["score"]["score"] == pytest.approx(result.score.score, abs=1e-6)
+    errors = record["score"]["errors_at_iou_0.5"]
+    assert set(errors) == set(result.score.errors_by_group())
+    for kind, counts in errors.items():
+        assert counts["n_true"] == sum(c.n_true for i, c in result.score.errors.items() if result.score.types.get(i) == kind)
+        assert counts["matched"] + counts["missed"] + counts["merged"] + counts["split"] + counts["outline"] == counts["n_true"]
 
 
 def test_tuning_writes_better_params_into_the_ensemble(world, tmp_path):
