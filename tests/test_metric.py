@@ -106,22 +106,27 @@ def test_shifted_disk_score_follows_iou():
     assert score_image(true.astype(int), pred.astype(int)).score == pytest.approx(expected)
 
 
+def random_labels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A true and a predicted label image of overlapping rectangles, odd shapes; half the time
+    the prediction is a noisy copy of the truth (some objects cut or thinned)."""
+    shape = tuple(int(x) for x in rng.integers(8, 40, size=2))
+    true = np.zeros(shape, np.int32)
+    pred = np.zeros(shape, np.int32)
+    for label, n in ((true, rng.integers(0, 6)), (pred, rng.integers(0, 7))):
+        for i in range(1, n + 1):
+            r, c = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+            h, w = rng.integers(2, 12, size=2)
+            label[r : r + h, c : c + w] = i
+    if rng.random() < 0.5:
+        pred = true.copy()
+        pred[rng.random(shape) < 0.1] = 0
+    return true, pred
+
+
 def test_fast_equals_brute_force_on_random_labels():
     rng = np.random.default_rng(42)
     for _ in range(60):
-        shape = tuple(int(x) for x in rng.integers(8, 40, size=2))
-        true = np.zeros(shape, np.int32)
-        pred = np.zeros(shape, np.int32)
-        for label, n in ((true, rng.integers(0, 6)), (pred, rng.integers(0, 7))):
-            for i in range(1, n + 1):
-                r, c = rng.integers(0, shape[0]), rng.integers(0, shape[1])
-                h, w = rng.integers(2, 12, size=2)
-                label[r : r + h, c : c + w] = i
-        # jitter: the prediction is sometimes a noisy copy of the truth
-        if rng.random() < 0.5:
-            pred = true.copy()
-            noise = rng.random(shape) < 0.1
-            pred[noise] = 0
+        true, pred = random_labels(rng)
         assert score_image(true, pred).score == pytest.approx(brute_force_score(true, pred), abs=1e-12)
 
 
@@ -243,15 +248,7 @@ def test_error_counts_each_cause():
 def test_error_counts_add_up_and_match_brute_force_on_random_labels():
     rng = np.random.default_rng(7)
     for _ in range(60):
-        shape = tuple(int(x) for x in rng.integers(8, 40, size=2))
-        true = np.zeros(shape, np.int32)
-        pred = np.zeros(shape, np.int32)
-        for label, n in ((true, rng.integers(0, 6)), (pred, rng.integers(0, 7))):
-            for i in range(1, n + 1):
-                _rect(label, rng.integers(0, shape[0]), rng.integers(0, shape[1]), *rng.integers(2, 12, size=2), i)
-        if rng.random() < 0.5:  # a noisy copy of the truth, some objects cut or joined
-            pred = true.copy()
-            pred[rng.random(shape) < 0.1] = 0
+        true, pred = random_labels(rng)
         for threshold in (0.5, 0.75):
             c = error_counts(true, pred, threshold)
             ref = brute_force_errors(true, pred, threshold)
