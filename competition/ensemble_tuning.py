@@ -22,7 +22,7 @@ from typing import Any
 
 from competition.ensemble import ENTRY_NAMES, SIZE_UNITS, Ensemble, write_ensemble
 from competition.errors import DataError, UserError
-from competition.oof import OOFSet, collect_oof, training_split_dir
+from competition.oof import OOFSet, collect_oof, oof_ids, training_split_dir
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ def colour_view_oof(ensemble: Ensemble, entry: str, oof: OOFSet, images: Mapping
     weights: dict[str, float] = {}
     for ref in ensemble.members_of(entry):
         folder = ensemble.member_folder(ref.key)
-        holds = _oof_ids(folder)
+        holds = oof_ids(folder)
         held = [i for i in colour if i in holds]
         if not held:
             continue
@@ -420,17 +420,6 @@ def colour_view_oof(ensemble: Ensemble, entry: str, oof: OOFSet, images: Mapping
     for i, total in sums.items():
         probs[i] = ((oof.probs[i] + total * np.float32(len(views) / weights[i])) / np.float32(1 + len(views))).astype(np.float32)
     return OOFSet(probs, oof.channels, dict(oof.members), dict(oof.n_views)), len(sums)
-
-
-def _oof_ids(folder: Path) -> set[str]:
-    """The image ids a member's ``oof.npz`` holds (empty when it has none)."""
-    import numpy as np
-
-    try:
-        with np.load(Path(folder) / "oof.npz", allow_pickle=False) as z:
-            return {str(i) for i in z["ids"]}
-    except (OSError, KeyError, ValueError):
-        return set()
 
 
 def _factor(sample: tuple) -> float:

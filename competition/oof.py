@@ -15,7 +15,7 @@ from competition.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OOFSet", "read_oof", "collect_oof", "training_split_dir"]
+__all__ = ["OOFSet", "read_oof", "collect_oof", "oof_ids", "training_split_dir"]
 
 
 # ----------------------------------------------------------------------------- tuning
@@ -71,6 +71,18 @@ def read_oof(folder: str | Path, image_type: str | None = None):
                     yield image_id, kind, z[f"p_{image_id}"].astype(np.float32) / np.float32(scale)
 
     return channels, items()
+
+
+def oof_ids(folder: str | Path) -> set[str]:
+    """The image ids a member's ``oof.npz`` holds: the images it held out (empty when it has
+    none)."""
+    import numpy as np
+
+    try:
+        with np.load(Path(folder) / "oof.npz", allow_pickle=False) as z:
+            return {str(i) for i in z["ids"]}
+    except (OSError, KeyError, ValueError):
+        return set()
 
 
 def collect_oof(ensemble: Ensemble, entry: str, image_type: str | None) -> OOFSet:

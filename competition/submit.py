@@ -552,6 +552,71 @@ def _predict_streams(predictors, split: Path, readable: list[str], out: _Predict
             log.info("%d/%d images predicted", n, len(readable))
 
 
+def _split_and_held(ensemble, key: str) -> tuple[set[str], set[str]] | None:
+    """(the ids of the training split a member read, the ids it held out: its ``oof.npz``),
+    or None when either is unknown (no out-of-fold maps, no readable data dir)."""
+    from competition.oof import oof_ids
+
+    folder = ensemble.member_folder(key)
+    held = oof_ids(folder)
+    try:
+        data_dir = json.loads((folder / "config.json").read_text()).get("data_dir")
+    except (OSError, ValueError):
+        data_dir = None
+    if not held or not data_dir:
+        return None
+    split = Path(data_dir) / "stage1_train"
+    split = split if split.is_dir() else Path(data_dir)
+    if not split.is_dir():
+        return None
+    return {d.name for d in split.iterdir() if d.is_dir()}, held
+
+
+def check_held_out(ensemble, ids: list[str], routing: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """A holdout (``--crossfit``, or a solution with a calibration) must not score an image
+    with a member that trained on it, or its score and calibration flatter the members.
+
+    A member trained on the images of its training split that its ``oof.npz`` does not hold
+    (its validation fold); images from elsewhere (a real test set with a solution) are
+    unseen by every member. Members without out-of-fold maps or a readable data dir are not
+    checked. Before prediction (no ``routing``), a member that held out none of the training
+    images among ``ids`` validated another fold (``make holdout FOLD=3`` on members of fold
+    0). After it, no image may be routed to a member that trained on it.
+
+    Raises:
+        UserError: naming each member, how many of the images it trained on, one of them,
+            and the fold it held out.
+    """
+    known = {key: sh for key in ensemble.member_keys() if (sh := _split_and_held(ensemble, key))}
+    trained: dict[str, list[str]] = {}
+    if routing is None:
+        for key, (split, held) in known.items():
+            seen = sorted(set(ids) & split - held)
+            if seen and not set(ids) & held:
+                trained[key] = seen
+    else:
+        for image_id, route in routing.items():
+            for member in route.get("members", []):
+                key = member["member"]
+                if key in known and image_id in known[key][0] and image_id not in known[key][1]:
+                    trained.setdefault(key, []).append(image_id)
+    if not trained:
+        return
+
+    def fold_of(key: str) -> str:
+        try:
+            config = json.loads((ensemble.member_folder(key) / "config.json").read_text())
+            return str((config.get("member") or {}).get("fold", "?"))
+        except (OSError, ValueError):
+            return "?"
+
+    said = "; ".join(f"{key} trained on {len(images)} of them (e.g. {images[0]}; it held out fold {fold_of(key)})"
+                     for key, images in sorted(trained.items()))
+    raise UserError(f"this holdout's images are not the ones the members held out: {said}. A holdout of "
+                    "members that trained on its images flatters them; lay out the fold they held out "
+                    "(make holdout FOLD=<that fold>) or train members with this fold held out")
+
+
 def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     """Predict the test set of ``options.stage`` and write a validated submission.
 
@@ -585,6 +650,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         raise UserError(f"the members of {ensemble.root} are refits on every training image (of "
                         f"{ensemble.refit['of']}): a holdout of them would score images they trained on; "
                         "run the holdout on the ensemble they were refit from")
+    holdout = opts.crossfit or (opts.solution is not None and opts.calibration is not None)
+    if holdout:
+        check_held_out(ensemble, ids)
     set_threads(opts.threads)
     tiling = opts.tiling or Tiling()
     predictors = build_predictors(ensemble, opts.image_streams, device=opts.device, engine=opts.engine,
@@ -600,6 +668,8 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
                         crossfit=opts.crossfit, cache=cache)
     t_predicted = time.perf_counter()
     timings = PredictorTimings.summed([p.timings for p in predictors])
+    if holdout:
+        check_held_out(ensemble, ids, pred.routing)
 
     path = submission_path(opts.out_dir, opts.recipe, opts.stage)
     write_submission(path, _RleLabels(pred.rles, shapes), image_ids=ids)

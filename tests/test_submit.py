@@ -855,6 +855,53 @@ def test_holdout_scaled_down_drops_only_what_vanishes_and_bad_scales_are_refused
         assert not (tmp_path / f"bad{bad}").exists()
 
 
+def _write_oof(source: Path, folder: Path, keep) -> None:
+    """Write ``folder``'s oof.npz as ``source``'s with only the images ``keep`` accepts (the
+    images the member then says it held out)."""
+    with np.load(source / "oof.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    held = [keep(str(i)) for i in arrays["ids"]]
+    arrays["ids"] = arrays["ids"][held]
+    arrays["types"] = arrays["types"][held]
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("p_") or keep(k[2:])}
+    np.savez_compressed(folder / "oof.npz", **arrays)
+
+
+def test_a_holdout_refuses_members_that_trained_on_its_images(world, tmp_path, monkeypatch):
+    """`make holdout FOLD=1` on members that held out fold 0 would score images they trained on."""
+    import shutil
+
+    from competition.errors import UserError
+    from competition.predict import EnsemblePredictor
+
+    ids, folds, out = lay_out_holdout(world, tmp_path)  # fold 1: ids[1::2], one image per type
+    fold0, fold1 = set(ids[0::2]), set(ids[1::2])
+    models = tmp_path / "models"
+    shutil.copytree(world["models"], models)
+    every = world["models"] / "standin" / "all/a"  # the stand-ins' maps hold every training image
+    for key in ("all/a", "fluorescence/f"):
+        _write_oof(every, models / "standin" / key, lambda i: i in fold0)
+    with monkeypatch.context() as patch:
+        patch.setattr(EnsemblePredictor, "predict", lambda *a, **k: pytest.fail("refused only after predicting"))
+        with pytest.raises(UserError, match=r"all/a trained on \d+ of them .*fluorescence/f trained on") as info:
+            submit(world, tmp_path, models_dir=models, data_dir=out, solution=out / "solution.csv", crossfit=True)
+    assert "it held out fold" in str(info.value)
+    assert not (tmp_path / "subs").exists()
+    # the fluorescence member held out the fold's other images but not the one routed to it:
+    # found once the images are routed, before anything is written
+    fluo = next(i for i in sorted(fold1) if world["drawn"]["train"][i][0] == "fluorescence")
+    _write_oof(every, models / "standin" / "all/a", lambda i: i in fold1)
+    _write_oof(every, models / "standin" / "fluorescence/f", lambda i: i in fold1 - {fluo})
+    with pytest.raises(UserError, match=rf"fluorescence/f trained on 1 of them \(e.g. {fluo};"):
+        submit(world, tmp_path, models_dir=models, data_dir=out, solution=out / "solution.csv",
+               calibration=tmp_path / "cal.json")
+    assert not list((tmp_path / "subs").glob("*.csv")) and not (tmp_path / "cal.json").exists()
+    # members that held out this fold pass
+    _write_oof(every, models / "standin" / "fluorescence/f", lambda i: i in fold1)
+    assert submit(world, tmp_path, models_dir=models, data_dir=out, solution=out / "solution.csv",
+                  crossfit=True).score is not None
+
+
 def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_path):
     ids, folds, out = lay_out_holdout(world, tmp_path)
     cal = tmp_path / "calibration.json"
