@@ -180,7 +180,18 @@ def score_image(true_label: np.ndarray, pred_label: np.ndarray, image_id: str = 
 
     Shapes: (H, W), (H, W) -> ImageScore.
     """
-    ti, pi, inter, true_area, pred_area = intersections(true_label, pred_label)
+    return _score_overlaps(intersections(true_label, pred_label), image_id)
+
+
+def score_image_and_errors(true_label: np.ndarray, pred_label: np.ndarray, image_id: str = "",
+                           threshold: float = 0.5) -> tuple[ImageScore, ErrorCounts]:
+    """:func:`score_image` and :func:`error_counts` from one pass over the pixels."""
+    overlaps = intersections(true_label, pred_label)
+    return _score_overlaps(overlaps, image_id), _error_counts(overlaps, threshold)
+
+
+def _score_overlaps(overlaps, image_id: str) -> ImageScore:
+    ti, pi, inter, true_area, pred_area = overlaps
     union = true_area[ti] + pred_area[pi] - inter
     n_true, n_pred = len(true_area), len(pred_area)
     steps = np.array(THRESHOLD_STEPS)
@@ -248,9 +259,14 @@ class ErrorCounts:
     def __add__(self, other: ErrorCounts) -> ErrorCounts:
         return ErrorCounts(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
+    @property
+    def mean_iou(self) -> float | None:
+        """The mean IoU of the matched pairs (None when nothing matched)."""
+        return self.matched_iou / self.matched if self.matched else None
+
     def describe(self) -> str:
         """One line: the true objects by outcome, then the unmatched predictions."""
-        mean_iou = f" (mean IoU {self.matched_iou / self.matched:.3f})" if self.matched else ""
+        mean_iou = f" (mean IoU {self.mean_iou:.3f})" if self.matched else ""
         return (f"{self.n_true} true: {self.matched} matched{mean_iou}, {self.missed} missed, {self.merged} merged, "
                 f"{self.split} split, {self.outline} outline; {self.n_pred} predicted: "
                 f"{self.n_pred - self.matched} unmatched ({self.background} on background, {self.on_nuclei} on nuclei)")
@@ -282,9 +298,13 @@ def error_counts(true_label: np.ndarray, pred_label: np.ndarray, threshold: floa
     >>> (c.matched, c.missed, c.merged, c.on_nuclei)
     (0, 1, 2, 1)
     """
+    return _error_counts(intersections(true_label, pred_label), threshold)
+
+
+def _error_counts(overlaps, threshold: float) -> ErrorCounts:
     if not 0.5 <= threshold < 1.0:
         raise ValueError(f"threshold must lie in [0.5, 1), got {threshold}")
-    ti, pi, inter, true_area, pred_area = intersections(true_label, pred_label)
+    ti, pi, inter, true_area, pred_area = overlaps
     n_true, n_pred = len(true_area), len(pred_area)
     union = true_area[ti] + pred_area[pi] - inter
     hit = inter > threshold * union

@@ -368,7 +368,7 @@ def _errors_table(scored) -> str:
     rows = ["<h2>Where the score is lost (IoU 0.5)</h2>",
             "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for image_type, c in scored.errors_by_group().items():
-        mean_iou = f"{c.matched_iou / c.matched:.3f}" if c.matched else "-"
+        mean_iou = f"{c.mean_iou:.3f}" if c.matched else "-"
         cells = (html.escape(image_type), c.n_true, c.matched, mean_iou, c.missed, c.merged, c.split, c.outline,
                  c.n_pred, c.background, c.on_nuclei)
         rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>")

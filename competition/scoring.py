@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from competition.errors import RLEError, UserError
-from competition.metric import ErrorCounts, ScoreResult, error_counts, score_image
+from competition.metric import ErrorCounts, ScoreResult, score_image_and_errors
 from competition.solution import read_solution
 from competition.submission import Problem, validate_submission
 
@@ -86,9 +86,8 @@ def score_submission(
             pred = sub.label(image_id, true_image.shape)
         except RLEError as exc:  # validated above; kept so a bug cannot pass silently
             raise InvalidSubmission(Path(submission), [Problem(image_id, str(exc))]) from None
-        true_label = true_image.label()
-        scores.append(score_image(true_label, pred, image_id))
-        errors[image_id] = error_counts(true_label, pred)
+        score, errors[image_id] = score_image_and_errors(true_image.label(), pred, image_id)
+        scores.append(score)
     result = ScoreResult(tuple(scores))
     usage = {s.image_id: truth[s.image_id].usage for s in scores}
     known_types = {i: t for i, t in (types or {}).items() if i in usage}
