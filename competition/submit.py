@@ -552,65 +552,65 @@ def _predict_streams(predictors, split: Path, readable: list[str], out: _Predict
             log.info("%d/%d images predicted", n, len(readable))
 
 
-def _split_and_held(ensemble, key: str) -> tuple[set[str], set[str]] | None:
-    """(the ids of the training split a member read, the ids it held out: its ``oof.npz``),
-    or None when either is unknown (no out-of-fold maps, no readable data dir)."""
-    from competition.oof import oof_ids
+def members_held_out(ensemble) -> dict[str, tuple[set[str], str]]:
+    """Member key -> (the training images it held out, its fold), for the members whose
+    ``oof.npz`` says what they held out; with the training split's ids under ``""``
+    (:func:`competition.oof.training_split_dir`). Empty when the split is not found."""
+    from competition.oof import oof_ids, training_split_dir
 
-    folder = ensemble.member_folder(key)
-    held = oof_ids(folder)
     try:
-        data_dir = json.loads((folder / "config.json").read_text()).get("data_dir")
-    except (OSError, ValueError):
-        data_dir = None
-    if not held or not data_dir:
-        return None
-    split = Path(data_dir) / "stage1_train"
-    split = split if split.is_dir() else Path(data_dir)
-    if not split.is_dir():
-        return None
-    return {d.name for d in split.iterdir() if d.is_dir()}, held
+        split = training_split_dir(ensemble)
+    except UserError as exc:
+        log.warning("holdout check skipped: %s", exc)
+        return {}
+    known: dict[str, tuple[set[str], str]] = {"": ({d.name for d in split.iterdir() if d.is_dir()}, "")}
+    for key in ensemble.member_keys():
+        held = oof_ids(ensemble.member_folder(key))
+        if held:
+            try:
+                config = json.loads((ensemble.member_folder(key) / "config.json").read_text())
+                fold = str((config.get("member") or {}).get("fold", "?"))
+            except (OSError, ValueError):
+                fold = "?"
+            known[key] = (held, fold)
+    return known
 
 
-def check_held_out(ensemble, ids: list[str], routing: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+def check_held_out(known: Mapping[str, tuple[set[str], str]], ids: list[str],
+                   routing: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """A holdout (``--crossfit``, or a solution with a calibration) must not score an image
     with a member that trained on it, or its score and calibration flatter the members.
 
-    A member trained on the images of its training split that its ``oof.npz`` does not hold
-    (its validation fold); images from elsewhere (a real test set with a solution) are
-    unseen by every member. Members without out-of-fold maps or a readable data dir are not
-    checked. Before prediction (no ``routing``), a member that held out none of the training
-    images among ``ids`` validated another fold (``make holdout FOLD=3`` on members of fold
-    0). After it, no image may be routed to a member that trained on it.
+    ``known``: :func:`members_held_out`. A member trained on the images of the training split
+    that its ``oof.npz`` does not hold (its validation fold); images from elsewhere (a real
+    test set with a solution) are unseen by every member. Members without out-of-fold maps
+    are not checked. Before prediction (no ``routing``), a member that held out none of the
+    training images among ``ids`` validated another fold (``make holdout FOLD=3`` on members
+    of fold 0). After it, no image may be routed to a member that trained on it.
 
     Raises:
         UserError: naming each member, how many of the images it trained on, one of them,
             and the fold it held out.
     """
-    known = {key: sh for key in ensemble.member_keys() if (sh := _split_and_held(ensemble, key))}
+    if not known:
+        return
+    split = known[""][0]
     trained: dict[str, list[str]] = {}
     if routing is None:
-        for key, (split, held) in known.items():
-            seen = sorted(set(ids) & split - held)
-            if seen and not set(ids) & held:
+        wanted = set(ids)
+        for key, (held, _) in known.items():
+            seen = sorted(wanted & split - held)
+            if key and seen and not wanted & held:
                 trained[key] = seen
     else:
         for image_id, route in routing.items():
             for member in route.get("members", []):
                 key = member["member"]
-                if key in known and image_id in known[key][0] and image_id not in known[key][1]:
+                if key in known and image_id in split and image_id not in known[key][0]:
                     trained.setdefault(key, []).append(image_id)
     if not trained:
         return
-
-    def fold_of(key: str) -> str:
-        try:
-            config = json.loads((ensemble.member_folder(key) / "config.json").read_text())
-            return str((config.get("member") or {}).get("fold", "?"))
-        except (OSError, ValueError):
-            return "?"
-
-    said = "; ".join(f"{key} trained on {len(images)} of them (e.g. {images[0]}; it held out fold {fold_of(key)})"
+    said = "; ".join(f"{key} trained on {len(images)} of them (e.g. {images[0]}; it held out fold {known[key][1]})"
                      for key, images in sorted(trained.items()))
     raise UserError(f"this holdout's images are not the ones the members held out: {said}. A holdout of "
                     "members that trained on its images flatters them; lay out the fold they held out "
@@ -651,8 +651,8 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
                         f"{ensemble.refit['of']}): a holdout of them would score images they trained on; "
                         "run the holdout on the ensemble they were refit from")
     holdout = opts.crossfit or (opts.solution is not None and opts.calibration is not None)
-    if holdout:
-        check_held_out(ensemble, ids)
+    held_out = members_held_out(ensemble) if holdout else {}
+    check_held_out(held_out, ids)
     set_threads(opts.threads)
     tiling = opts.tiling or Tiling()
     predictors = build_predictors(ensemble, opts.image_streams, device=opts.device, engine=opts.engine,
@@ -668,8 +668,7 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
                         crossfit=opts.crossfit, cache=cache)
     t_predicted = time.perf_counter()
     timings = PredictorTimings.summed([p.timings for p in predictors])
-    if holdout:
-        check_held_out(ensemble, ids, pred.routing)
+    check_held_out(held_out, ids, pred.routing)
 
     path = submission_path(opts.out_dir, opts.recipe, opts.stage)
     write_submission(path, _RleLabels(pred.rles, shapes), image_ids=ids)
