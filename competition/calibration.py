@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from competition.errors import DataError, UserError
 log = logging.getLogger(__name__)
 
 __all__ = ["size_check", "calibration_key", "conditions_of", "scores_by_condition", "condition_distances",
-           "expected_for"]
+           "pooled_calibration", "expected_for"]
 
 
 def size_check(routing: Mapping[str, Any], solution: Path) -> dict[str, Any] | None:
@@ -139,24 +139,70 @@ def condition_distances(ensemble, features: Mapping[str, Any]) -> dict[str, floa
     return condition_distance(list(features.values()), train)
 
 
-def expected_for(path: Path, key: Mapping[str, Any], pred, distances: Mapping[str, float]) -> dict:
-    """``expected_score`` of this submission from a holdout calibration file."""
-    from competition.expected import expected_score, read_calibration
-
-    try:
-        calibration = read_calibration(path)
-    except DataError as exc:
-        log.warning("%s", exc)
-        return {"score": None, "note": str(exc)}
+def _key_matches(calibration: Mapping[str, Any], key: Mapping[str, Any]) -> bool:
     stored = calibration.get("key")
     if isinstance(stored, dict):  # settings recorded since it was written take their default of then
         stored = {**stored, "sizing": {**_default_sizing(), **(stored.get("sizing") or {})}}
-    if stored != json.loads(json.dumps(key)):
-        note = (f"{path} was made with other members, TTA, size passes, resizing or colour views than this submission: "
-                "rerun `make holdout` with the same settings")
+    return stored == json.loads(json.dumps(key))
+
+
+def pooled_calibration(paths: Sequence[Path], key: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The rows of every calibration file in ``paths`` made with this submission's ``key``,
+    pooled: several condition-out folds of one recipe, each held out by members trained
+    without it, speak for the same submission, and together they cover more conditions.
+
+    Returns ``({"rows": [...], "sources": {file: rows}}, notes)``: a file that cannot be read
+    or was made with other settings is left out with a note; an image held out in two files
+    is refused (it would count twice), as :class:`~competition.errors.DataError` naming both.
+    """
+    from competition.expected import read_calibration
+
+    rows: list[dict[str, Any]] = []
+    sources: dict[str, int] = {}
+    seen: dict[str, str] = {}
+    notes = []
+    for path in paths:
+        try:
+            calibration = read_calibration(path)
+        except DataError as exc:
+            notes.append(str(exc))
+            continue
+        if not _key_matches(calibration, key):
+            notes.append(f"{path} was made with other members, TTA, size passes, resizing or colour views than this "
+                         "submission: rerun `make holdout` with the same settings")
+            continue
+        for r in calibration["rows"]:
+            image_id = str(r.get("image_id", ""))
+            if image_id and image_id in seen:
+                raise DataError(f"image {image_id} is in two holdout calibrations, {seen[image_id]} and {path}: "
+                                "pool the calibrations of different folds only")
+            seen[image_id] = str(path)
+            rows.append(dict(r))
+        sources[str(path)] = len(calibration["rows"])
+    return {"rows": rows, "sources": sources}, notes
+
+
+def expected_for(paths: Path | Sequence[Path], key: Mapping[str, Any], pred, distances: Mapping[str, float]) -> dict:
+    """``expected_score`` of this submission from one holdout calibration file or several
+    (the folds of :func:`pooled_calibration`)."""
+    from competition.expected import expected_score
+
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    try:
+        calibration, notes = pooled_calibration(paths, key)
+    except DataError as exc:
+        log.warning("%s", exc)
+        return {"score": None, "note": str(exc)}
+    for note in notes:
         log.warning("%s", note)
-        return {"score": None, "note": note}
+    if not calibration["sources"]:
+        return {"score": None, "note": "; ".join(notes)}
     types = {i: r["type"] for i, r in pred.routing.items() if "type" in r and i in distances}
     out = expected_score(types, distances, calibration)
-    out["calibration"] = str(path)
+    used = list(calibration["sources"])
+    out["calibration"] = used[0] if len(used) == 1 else used
+    if len(used) > 1:
+        out["calibration_rows"] = calibration["sources"]
+    if notes:
+        out["calibration_left_out"] = notes
     return out

@@ -15,6 +15,12 @@ and on how far its imaging condition lies from the training conditions, the same
 the test set as on the holdout fold; test images farther than any holdout image are
 predicted like the farthest holdout images (no extrapolation of the trend).
 
+Several condition-out folds of one recipe (its members validated on fold 0, and the same
+recipe trained again on fold 3, ``make train-all TRAIN_FOLD=3``) each write a calibration,
+each image's distance measured to the conditions its own members trained on; their rows pool
+(:func:`competition.calibration.pooled_calibration`), so the regression sees more conditions
+of each type.
+
 How much holdout evidence each type's estimate rests on is reported beside it (``support``):
 the holdout images it is regressed on, how many of them effectively weigh in (Kish's
 effective sample size of the kernel weights, averaged over the type's test images), and how

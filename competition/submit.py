@@ -97,7 +97,9 @@ class SubmitOptions:
             tuned without its condition (``make holdout``: every score out of sample).
         calibration: with ``solution``: write the holdout calibration here (per image type,
             score and distance to the training conditions); without: read it and record the
-            submission's ``expected_score`` (:mod:`competition.expected`).
+            submission's ``expected_score`` (:mod:`competition.expected`). Without a
+            solution it may be several files, the calibrations of several condition-out folds
+            of the recipe, pooled (:func:`competition.calibration.pooled_calibration`).
         survey_factors: resize factors of the first nucleus-size pass (None: the predictor's
             default, native, half and quarter size).
         nucleus_px, max_upscale, size_max_pixels, rescale_tolerance, upscale_max_pixels,
@@ -130,7 +132,7 @@ class SubmitOptions:
     threads: int | None = None
     size_passes: int = 2
     crossfit: bool = False
-    calibration: Path | None = None
+    calibration: Path | tuple[Path, ...] | None = None
     cache_dir: Path | None = None
     engine: str = "auto"
     survey_factors: tuple[float, ...] | None = None
@@ -151,6 +153,14 @@ class SubmitOptions:
                 "rescale_tolerance": self.rescale_tolerance, "upscale_max_pixels": self.upscale_max_pixels,
                 "survey_range": self.survey_range, "survey_upscale": self.survey_upscale,
                 "survey_rule": self.survey_rule, "shrink_range": self.shrink_range}
+
+    def calibrations(self) -> tuple[Path, ...]:
+        """The calibration files named (none, one or several)."""
+        if self.calibration is None:
+            return ()
+        if isinstance(self.calibration, (str, Path)):
+            return (Path(self.calibration),)
+        return tuple(Path(p) for p in self.calibration)
 
 
 @dataclass
@@ -645,12 +655,16 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
     ids = list_test_ids(split, sample)
     shapes, problems = _read_shapes(split, ids, opts.strict)
 
+    calibrations = opts.calibrations()
+    if opts.solution is not None and len(calibrations) > 1:
+        raise UserError(f"a scored run writes one holdout calibration; got {len(calibrations)} files "
+                        f"({', '.join(map(str, calibrations))})")
     ensemble = load_ensemble(opts.models_dir, opts.recipe)
-    if ensemble.refit is not None and (opts.crossfit or (opts.solution is not None and opts.calibration is not None)):
+    if ensemble.refit is not None and (opts.crossfit or (opts.solution is not None and calibrations)):
         raise UserError(f"the members of {ensemble.root} are refits on every training image (of "
                         f"{ensemble.refit['of']}): a holdout of them would score images they trained on; "
                         "run the holdout on the ensemble they were refit from")
-    holdout = opts.crossfit or (opts.solution is not None and opts.calibration is not None)
+    holdout = opts.crossfit or bool(opts.solution is not None and calibrations)
     held_out = members_held_out(ensemble) if holdout else {}
     check_held_out(held_out, ids)
     set_threads(opts.threads)
@@ -742,9 +756,9 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         "score": None,
         "upload": None,
     }
-    distances = condition_distances(ensemble, pred.features) if opts.calibration is not None else {}
-    if opts.calibration is not None and opts.solution is None:
-        record["expected_score"] = expected_for(opts.calibration, calibration_key(record), pred, distances)
+    distances = condition_distances(ensemble, pred.features) if calibrations else {}
+    if calibrations and opts.solution is None:
+        record["expected_score"] = expected_for(calibrations, calibration_key(record), pred, distances)
     sidecar = path.with_suffix(".json")
     _write_json(sidecar, record, overwrite=False)
     result = SubmitResult(path, sidecar, record, [f"{i}: {p}" for i, p in pred.problems.items()])
@@ -765,15 +779,15 @@ def make_submission(options: SubmitOptions, *, loader=None) -> SubmitResult:
         if conditions:
             record["score"]["by_condition"] = scores_by_condition(
                 {im.image_id: im.score for im in result.score.result.images}, conditions)
-        if opts.calibration is not None:
+        if calibrations:
             from competition.expected import write_calibration
 
             rows = [{"image_id": im.image_id, "type": pred.routing[im.image_id]["type"],
                      "score": round(float(im.score), 6), "distance": round(distances[im.image_id], 4)}
                     for im in result.score.result.images if im.image_id in distances]
-            write_calibration(opts.calibration, rows, key=calibration_key(record))
-            record["calibration"] = str(opts.calibration)
-            log.info("wrote the holdout calibration %s (%d images)", opts.calibration, len(rows))
+            write_calibration(calibrations[0], rows, key=calibration_key(record))
+            record["calibration"] = str(calibrations[0])
+            log.info("wrote the holdout calibration %s (%d images)", calibrations[0], len(rows))
     if upload_requested(opts.kaggle):
         overall = cv["overall"]
         message = opts.message or (
@@ -868,6 +882,11 @@ def format_summary(result: SubmitResult) -> list[str]:
             lines.append(f"expected score {expected['score']:.4f} [{lo:.4f}, {hi:.4f}] "
                          f"(holdout {expected['holdout_score']:.4f} on {expected['n_holdout']} images; "
                          + ", ".join(f"{k} {v:.4f}" for k, v in expected["by_type"].items()) + ")")
+            if expected.get("calibration_rows"):
+                lines.append("  holdout calibrations pooled: " + ", ".join(
+                    f"{Path(f).name} ({n} images)" for f, n in expected["calibration_rows"].items()))
+            for note in expected.get("calibration_left_out", ()):
+                lines.append(f"  left out: {note}")
             lines.extend(support_lines(expected))
             lines.append(f"  how: {expected['method']}")
     if result.upload is not None:

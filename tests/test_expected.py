@@ -123,3 +123,46 @@ def test_a_type_that_borrows_every_holdout_image_says_so(tmp_path):
     cal = read_calibration(write_calibration(tmp_path / "c.json", rows, key={}))
     support = expected_score({"x": "brightfield"}, {"x": 1.0}, cal)["support"]["brightfield"]
     assert support["n_holdout"] == len(rows) and support["holdout_of"].startswith("all types")
+
+
+def test_the_calibrations_of_several_folds_pool(tmp_path, caplog):
+    """Files made for this submission's settings pool their rows; others are left out with a
+    note; an image held out twice is refused rather than counted twice."""
+    from types import SimpleNamespace
+
+    from competition.calibration import calibration_key, expected_for, pooled_calibration
+
+    record = {"ensemble": {"all": {"members": [{"member": "all/a", "weight": 1.0}]}}, "tta": "flips",
+              "size_passes": 2, "recipe": "r"}
+    key = calibration_key(record)
+    rows = calibration(n=60)
+    f0 = write_calibration(tmp_path / "calibration-f0.json", rows[:25], key=key)
+    f3 = write_calibration(tmp_path / "calibration-f3.json", rows[25:], key=key)
+    stale = write_calibration(tmp_path / "calibration-f1.json", calibration(n=5, seed=1),
+                              key=calibration_key({**record, "tta": "none"}))
+    broken = tmp_path / "calibration-f2.json"
+    broken.write_text("{")
+    pooled, notes = pooled_calibration([f0, stale, f3, broken], key)
+    assert [r["image_id"] for r in pooled["rows"]] == [r["image_id"] for r in rows]
+    assert pooled["sources"] == {str(f0): 25, str(f3): 35}
+    assert len(notes) == 2 and "calibration-f1.json was made with other members, TTA" in notes[0]
+    assert "calibration-f2.json is not a calibration file" in notes[1]
+
+    types = {f"t{i}": "fluorescence" if i % 3 else "histology" for i in range(9)}
+    distances = {f"t{i}": 0.4 * i for i in range(9)}
+    pred = SimpleNamespace(routing={i: {"type": t} for i, t in types.items()})
+    whole = expected_score(types, distances, {"rows": rows})
+    both = expected_for([f0, stale, f3, broken], key, pred, distances)
+    assert both["score"] == whole["score"] and both["by_type"] == whole["by_type"]
+    assert both["n_holdout"] == 60 and both["calibration_rows"] == {str(f0): 25, str(f3): 35}
+    assert both["calibration"] == [str(f0), str(f3)] and len(both["calibration_left_out"]) == 2
+    one = expected_for(f0, key, pred, distances)
+    assert one["n_holdout"] == 25 and one["calibration"] == str(f0) and "calibration_rows" not in one
+    assert one["score"] != both["score"]
+    assert expected_for([stale], key, pred, distances)["score"] is None
+
+    again = write_calibration(tmp_path / "copy-of-f0.json", rows[:3], key=key)
+    with pytest.raises(DataError, match=r"image h0 is in two holdout calibrations, .*calibration-f0.json and .*copy-of-f0"):
+        pooled_calibration([f0, again], key)
+    refused = expected_for([f0, again], key, pred, distances)
+    assert refused["score"] is None and "two holdout calibrations" in refused["note"]

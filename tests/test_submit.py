@@ -917,6 +917,19 @@ def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_p
     lo, hi = expected["interval"]
     assert lo <= expected["score"] <= hi
     assert expected["n_test"] == test.record["n_images"]
+    # the same rows split into two folds' files pool back into the same estimate
+    from competition.errors import UserError
+    from competition.expected import write_calibration
+
+    written = json.loads(cal.read_text())
+    halves = tuple(write_calibration(tmp_path / f"calibration-f{k}.json", written["rows"][k::2], key=written["key"])
+                   for k in (0, 1))
+    pooled = submit(world, tmp_path, calibration=halves)
+    assert pooled.record["expected_score"]["score"] == expected["score"]
+    assert pooled.record["expected_score"]["calibration_rows"] == {
+        str(h): len(written["rows"][k::2]) for k, h in enumerate(halves)}
+    with pytest.raises(UserError, match="writes one holdout calibration; got 2 files"):
+        submit(world, tmp_path, data_dir=out, solution=out / "solution.csv", calibration=halves, crossfit=True)
     other = submit(world, tmp_path, calibration=cal, tta="flips")  # not the submission calibrated
     assert other.record["expected_score"]["score"] is None
     assert "other members, TTA" in other.record["expected_score"]["note"]

@@ -98,8 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     after.add_argument("--message", help="upload message (default: recipe, stage, TTA, local CV)")
     after.add_argument("--crossfit", action="store_true",
                        help="post-process each image with the parameters tuned without its condition (make holdout)")
-    after.add_argument("--calibration", type=Path,
-                       help="with --solution: write the holdout calibration here; without: read it and record expected_score")
+    after.add_argument("--calibration", type=Path, nargs="+",
+                       help="with --solution: write the holdout calibration here; without: read it (or several, "
+                            "the calibrations of several condition-out folds, pooled) and record expected_score")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         size_passes=args.size_passes,
         crossfit=args.crossfit,
-        calibration=args.calibration,
+        calibration=tuple(args.calibration) if args.calibration else None,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         engine=args.engine,
         postprocess_workers=args.postprocess_workers,
