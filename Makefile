@@ -64,6 +64,9 @@ RESIZING = $(if $(NUCLEUS_PX),--nucleus-px $(NUCLEUS_PX)) $(if $(MAX_UPSCALE),--
 SIZING = $(if $(SURVEY),--survey-factors $(SURVEY)) $(RESIZING)
 MEMBER ?=
 FOLD ?= 0
+# TRAIN_FOLD=N: train-all and train-one validate every member on fold N instead of the
+# recipe's (give another MODELS folder: a second condition-out fold for the calibration).
+TRAIN_FOLD ?=
 FOLDS_BY ?= conditions
 # The folds file that folds writes and train-all, train-one and tune read (a second one,
 # e.g. FOLDS=build/folds-random.csv FOLDS_BY=random, gives a pilot's random-fold score;
@@ -75,8 +78,11 @@ HOLDOUT_SCALE ?= 1
 SCALED := $(filter-out 1 1.0,$(HOLDOUT_SCALE))
 HOLDOUT := $(BUILD)/holdout-f$(FOLD)$(if $(SCALED),-x$(HOLDOUT_SCALE))
 # Written by `make holdout` (per image: type, out-of-sample score, distance to the training
-# conditions); read by `make submit` for the submission's expected_score.
+# conditions). `make submit` reads CALIBRATIONS for the submission's expected_score: every
+# calibration-f*.json of the recipe folder, pooled (the recipe's holdout fold and those of
+# its members trained on other folds, TRAIN_FOLD=N, copied in: README, "A second fold").
 CALIBRATION ?= $(MODELS)/$(RECIPE)/calibration-f$(FOLD).json
+CALIBRATIONS ?= $(wildcard $(MODELS)/$(RECIPE)/calibration-f*.json)
 HOLDOUT_CALIBRATION := $(if $(SCALED),$(HOLDOUT)/calibration.json,$(CALIBRATION))
 DEMO := $(BUILD)/demo
 DEMO_RECIPE ?= demo
@@ -135,11 +141,11 @@ leaderboard: $(SETUP)  ## print the local leaderboard history, best first
 	$(PYTHON) -m competition leaderboard
 
 train-all: $(SETUP)  ## train every unfinished member of RECIPE on DATA_DIR (resumes; GPUS=N for DDP)
-	$(LAUNCH) train-all --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
+	$(LAUNCH) train-all --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS)) $(if $(TRAIN_FOLD),--fold $(TRAIN_FOLD))
 
 train-one: $(SETUP)  ## train one member: make train-one MEMBER=type/name RECIPE=...
 	@test -n "$(MEMBER)" || { echo "usage: make train-one MEMBER=TYPE/NAME [RECIPE=$(RECIPE)]"; exit 2; }
-	$(LAUNCH) train-one --recipe $(RECIPE) --member $(MEMBER) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS)
+	$(LAUNCH) train-one --recipe $(RECIPE) --member $(MEMBER) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(TRAIN_FOLD),--fold $(TRAIN_FOLD))
 
 refit: $(SETUP)  ## train RECIPE's tuned members again on every training image into MODELS/RECIPE-refit (then make submit RECIPE=RECIPE-refit)
 	$(LAUNCH) refit --recipe $(RECIPE) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
@@ -153,7 +159,7 @@ tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of 
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) $(STREAMING) \
-		$(if $(SOLUTION),--solution $(SOLUTION),$(if $(wildcard $(CALIBRATION)),--calibration $(CALIBRATION))) $(if $(KAGGLE_SUBMIT),--kaggle)
+		$(if $(SOLUTION),--solution $(SOLUTION),$(if $(CALIBRATIONS),--calibration $(CALIBRATIONS))) $(if $(KAGGLE_SUBMIT),--kaggle)
 
 holdout: $(SETUP)  ## the whole submit pipeline on training fold FOLD (held out by RECIPE's members), scored like the leaderboard
 	test -d $(HOLDOUT)/stage1_test || $(PYTHON) -m competition holdout --data $(DATA_DIR) --folds $(BUILD)/folds.csv --fold $(FOLD) --out $(HOLDOUT) --scale $(HOLDOUT_SCALE)

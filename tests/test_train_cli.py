@@ -98,3 +98,27 @@ def test_train_one_needs_its_parent(tmp_path):
               "--cache-dir", "", cwd=tmp_path)
     assert out.returncode == 2
     assert "init_from all/mnv2 has no best.pt" in out.stderr
+
+
+@pytest.mark.slow
+def test_train_one_validates_on_the_fold_asked_for(tmp_path):
+    """--fold N: the recipe's members held out fold N instead of the recipe's fold 0."""
+    import json
+
+    import pandas as pd
+
+    pytest.importorskip("competition.data.folds")
+    data = write_dataset(tmp_path / "data", n=12, seed=2)
+    models, folds = tmp_path / "models", tmp_path / "folds.csv"
+    out = cli("train-one", "--recipe", "tiny", "--member", "all/mnv2", "--fold", 1, "--max-epochs", 1,
+              "--data", data, "--models", models, "--folds", folds, "--cache-dir", "", "--device", "cpu",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = json.loads((models / "tiny" / "all/mnv2" / "config.json").read_text())
+    table = pd.read_csv(folds)
+    assert config["fold"] == 1 and config["recipe"] == "tiny"
+    assert config["n_valid"] == int((table["fold"] == 1).sum()) > 0
+    assert "(fold 1)" in out.stderr
+    bad = cli("train-one", "--recipe", "tiny", "--member", "all/mnv2", "--fold", -1, "--data", data,
+              "--models", models, "--folds", folds, "--cache-dir", "", cwd=tmp_path)
+    assert bad.returncode == 2 and "fold number" in bad.stderr

@@ -143,6 +143,19 @@ def test_init_from_another_fold_would_leak():
         parse(doc)
 
 
+def test_a_recipe_moves_to_another_fold_as_a_whole():
+    doc = {**BASE, "histology": [{"name": "h", "init_from": "all/a"}]}
+    recipe = parse(doc)
+    moved = recipe.on_fold(3)
+    assert [m.fold for m in recipe.members] == [0, 0]
+    assert [(m.key, m.fold, m.init_from) for m in moved.members] == [("all/a", 3, None), ("histology/h", 3, "all/a")]
+    assert moved.name == recipe.name, "the same recipe, validated elsewhere"
+    with pytest.raises(UserError, match="fold number"):
+        recipe.on_fold(-1)
+    with pytest.raises(UserError, match=r"folds \[0, 1\]"):
+        parse({**BASE, "all": [{"name": "a", "folds": [0, 1]}]}).on_fold(2)
+
+
 def test_average_with_init_needs_a_parent_and_a_share_below_one():
     doc = {**BASE, "histology": [{"name": "h", "init_from": "all/a", "average_with_init": 0.5}]}
     assert parse(doc).member("histology/h").average_with_init == 0.5

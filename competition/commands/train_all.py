@@ -38,8 +38,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         "schedule is unchanged and a later run without it resumes")
 
 
+def add_fold_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fold", type=int, default=None,
+                        help="validate every member on this fold instead of the recipe's (with another "
+                             "--models: a second condition-out fold for the holdout calibration)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_fold_argument(parser)
     parser.add_argument("--only", default=None,
                         help="only members of this type (all, fluorescence, histology, "
                              "brightfield); their init_from parents are trained too")
@@ -67,7 +74,10 @@ def run_training(args: argparse.Namespace, *, keys=None, only=None, with_parents
 
     log = logging.getLogger("competition.train")
     t0 = time.perf_counter()
-    recipe = recipe or load_recipe(args.recipe)
+    if recipe is None:
+        recipe = load_recipe(args.recipe)
+        if getattr(args, "fold", None) is not None:
+            recipe = recipe.on_fold(args.fold)
     if keys:
         for k in keys:
             recipe.member(k)  # UserError listing the valid members

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from competition.commands.train_all import add_common_arguments
+from competition.commands.train_all import add_common_arguments, add_fold_argument
 
 HELP = "train one member of a recipe (TYPE/NAME)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_fold_argument(parser)
     parser.add_argument("--member", required=True, help="TYPE/NAME, e.g. all/r18")
 
 

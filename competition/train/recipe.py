@@ -239,6 +239,19 @@ class Recipe:
             + ", ".join(m.key for m in self.members)
         )
 
+    def on_fold(self, fold: int) -> Recipe:
+        """The same recipe with every member validated on ``fold`` instead: its members
+        trained on another condition-out fold (into another models folder), whose holdout
+        calibration pools with the recipe's own (README, "A second fold"). Only a recipe
+        whose members share one fold can move."""
+        if fold < 0:
+            raise UserError(f"--fold: a fold number >= 0, got {fold}")
+        folds = sorted({m.fold for m in self.members})
+        if len(folds) > 1:
+            raise UserError(f"recipe {self.name!r} trains members on folds {folds}: it cannot move to fold {fold} "
+                            "as a whole")
+        return dataclasses.replace(self, members=tuple(dataclasses.replace(m, fold=fold) for m in self.members))
+
 
 # ----------------------------------------------------------------------------- parsing
 
