@@ -27,6 +27,9 @@ AVERAGE_WITH_ALL ?=
 # What `make tune` counts its pixel sizes (min_seed_size, min_size) in: image (the image's own
 # pixels) or network (the pixels of the network's input, following each image's resize factor).
 SIZE_UNITS ?= image
+# OTHER_FOLDS=models/fold3: models folders holding RECIPE trained on other folds (TRAIN_FOLD=N);
+# `make tune` tunes on their out-of-fold maps too (every fold's conditions).
+OTHER_FOLDS ?=
 # What runs the network: auto (the fastest installed on the CPU, torch on CUDA), torch,
 # onnxruntime or openvino.
 ENGINE ?= auto
@@ -155,7 +158,7 @@ adapt: $(SETUP)  ## fine-tune RECIPE's routed members on SPLIT (stage1_test) lab
 	$(PYTHON) -m competition adapt --recipe $(RECIPE) --labels $(LABELS) --split $(SPLIT) --data $(DATA_DIR) --models $(MODELS) --folds $(FOLDS) $(if $(MAX_EPOCHS),--max-epochs $(MAX_EPOCHS))
 
 tune: $(SETUP)  ## tune the post-processing per type on the out-of-fold maps of RECIPE (cross-fitted over conditions)
-	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)" --size-units $(SIZE_UNITS) $(if $(AVERAGE_WITH_ALL),--average-with-all)
+	$(PYTHON) -m competition tune --recipe $(RECIPE) --models $(MODELS) --data $(DATA_DIR) --folds $(FOLDS) --colour-views "$(COLOUR_VIEWS)" --size-units $(SIZE_UNITS) $(if $(AVERAGE_WITH_ALL),--average-with-all) $(if $(OTHER_FOLDS),--other-folds $(OTHER_FOLDS))
 
 submit: $(SETUP)  ## predict DATA_DIR/STAGE_test with RECIPE, write and validate submissions/<recipe>-<stage>-<time>.csv
 	$(PYTHON) -m competition submit --recipe $(RECIPE) --data $(DATA_DIR) --stage $(STAGE) --models $(MODELS) --tta $(TTA) --size-passes $(SIZE_PASSES) --engine $(ENGINE) $(SIZING) $(STREAMING) \

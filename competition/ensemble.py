@@ -138,6 +138,11 @@ class Ensemble:
         adapt: for an ensemble adapted to pseudo-labelled images (``competition adapt``): the
             ensemble it came from (``of``), the labels file and its SHA-256, the split and the
             fine-tune settings; None otherwise.
+        other_folds: recipe folders (``<models>/<recipe>``) of the same recipe trained on
+            other folds (``make train-all TRAIN_FOLD=N``): their members' out-of-fold maps
+            join the tuning's (:meth:`member_folders`), so it sees the conditions of every
+            fold. Set by ``tune --other-folds`` for one run; never written to the file, never
+            used to predict.
     """
 
     recipe: str
@@ -146,6 +151,7 @@ class Ensemble:
     comment: str = ""
     refit: dict | None = None
     adapt: dict | None = None
+    other_folds: tuple[Path, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -171,6 +177,11 @@ class Ensemble:
 
     def member_folder(self, key: str) -> Path:
         return self.root / key
+
+    def member_folders(self, key: str) -> tuple[Path, ...]:
+        """The member's folder, then its folders in :attr:`other_folds` that exist: where its
+        out-of-fold maps are."""
+        return (self.root / key, *(r / key for r in self.other_folds if (r / key).is_dir()))
 
     def members_of(self, entry: str) -> tuple[MemberRef, ...]:
         return self.entries[entry].members

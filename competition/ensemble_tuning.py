@@ -88,7 +88,8 @@ def tune_ensemble(
     """Tune the post-processing of every image type on its members' out-of-fold maps.
 
     Per image type: the maps of the members it routes to (its own, or the ``all`` members on
-    fallback, restricted to images of that type), averaged per image (:func:`collect_oof`),
+    fallback, restricted to images of that type; with the ensemble's ``other_folds``, those
+    of the same members trained on other folds too), averaged per image (:func:`collect_oof`),
     with the true labels read from the training split, go to
     :func:`competition.tuning.tune_postprocess`. The ``all`` entry is tuned on every
     out-of-fold image of its members (those parameters serve a type that had no image to tune
@@ -300,6 +301,8 @@ def tune_ensemble(
         if result.score_after <= result.score_before:
             params = base  # nothing gained: do not move the parameters on a tie
             record["note"] = "; ".join(filter(None, [record.get("note"), "no gain over the defaults on these images: defaults kept"]))
+        if ensemble.other_folds:
+            record["other_folds"] = [str(r) for r in ensemble.other_folds]
         ensemble = ensemble.with_tuning(name, params.to_dict(), record, colour_views=kept_views, size_units=size_units)
         if write:
             write_ensemble(ensemble)
@@ -372,8 +375,8 @@ def colour_view_oof(ensemble: Ensemble, entry: str, oof: OOFSet, images: Mapping
     """``oof`` with each colour image's map averaged with the maps of its colour views.
 
     Each view goes through the path training's out-of-fold maps came from
-    (:func:`~competition.predict.members.predict_scaled`, no TTA, at the true nucleus
-    size) with every member of ``entry`` whose ``oof.npz`` holds the image (weighted mean);
+    size) with every member of ``entry`` whose ``oof.npz`` holds the image (weighted mean; in
+    the ensemble's ``other_folds`` too);
     the image's map becomes the mean of its own map and its views' maps, as
     :meth:`~competition.predict.EnsemblePredictor.predict` averages them. Grey images keep
     their map (every view of them is the image).
@@ -402,20 +405,21 @@ def colour_view_oof(ensemble: Ensemble, entry: str, oof: OOFSet, images: Mapping
     sums: dict[str, Any] = {}
     weights: dict[str, float] = {}
     for ref in ensemble.members_of(entry):
-        folder = ensemble.member_folder(ref.key)
-        holds = oof_ids(folder)
-        held = [i for i in colour if i in holds]
-        if not held:
-            continue
-        model, config = loader(folder, device)
-        model.eval()
-        member = LoadedMember(ref.key, Path(folder), model, config)
-        for i in held:
-            scale = label_scale(labels[i], member.nucleus_diameter) if member.nucleus_diameter else 1.0
-            maps = [predict_scaled(member, colour_view(images[i], v), scale, tta="none", device=device) for v in views]
-            mean = np.mean(maps, axis=0, dtype=np.float32)
-            sums[i] = sums.get(i, 0) + mean * np.float32(ref.weight)
-            weights[i] = weights.get(i, 0.0) + ref.weight
+        for folder in ensemble.member_folders(ref.key):  # other folds' copies predict their own images
+            holds = oof_ids(folder)
+            held = [i for i in colour if i in holds]
+            if not held:
+                continue
+            model, config = loader(folder, device)
+            model.eval()
+            member = LoadedMember(ref.key, Path(folder), model, config)
+            for i in held:
+                scale = label_scale(labels[i], member.nucleus_diameter) if member.nucleus_diameter else 1.0
+                maps = [predict_scaled(member, colour_view(images[i], v), scale, tta="none", device=device)
+                        for v in views]
+                mean = np.mean(maps, axis=0, dtype=np.float32)
+                sums[i] = sums.get(i, 0) + mean * np.float32(ref.weight)
+                weights[i] = weights.get(i, 0.0) + ref.weight
     probs = dict(oof.probs)
     for i, total in sums.items():
         probs[i] = ((oof.probs[i] + total * np.float32(len(views) / weights[i])) / np.float32(1 + len(views))).astype(np.float32)

@@ -15,7 +15,7 @@ from competition.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OOFSet", "read_oof", "collect_oof", "oof_ids", "training_split_dir"]
+__all__ = ["OOFSet", "read_oof", "collect_oof", "oof_ids", "training_split_dir", "with_other_folds"]
 
 
 # ----------------------------------------------------------------------------- tuning
@@ -91,7 +91,9 @@ def collect_oof(ensemble: Ensemble, entry: str, image_type: str | None) -> OOFSe
     Members trained on different folds hold maps of different images: every image gets the
     weighted mean of the members that hold it (its map then comes only from models that did
     not train on it). Members of the same fold share images and are averaged, as at
-    inference. A member without ``oof.npz`` (no validation images) is skipped with a warning.
+    inference. A member's folders in the ensemble's ``other_folds`` (the same recipe trained
+    on other folds) add the images they held out, counted under their folder's path. A member
+    without ``oof.npz`` (no validation images) is skipped with a warning.
 
     Raises:
         UserError: members with different channels.
@@ -102,30 +104,80 @@ def collect_oof(ensemble: Ensemble, entry: str, image_type: str | None) -> OOFSe
     contributed: dict[str, int] = {}
     channels: tuple[str, ...] | None = None
     for ref in ensemble.members_of(entry):
-        folder = ensemble.member_folder(ref.key)
-        if not (folder / "oof.npz").is_file():
-            log.warning("member %s has no oof.npz (no validation images?): not used for tuning", ref.key)
-            continue
-        member_channels, items = read_oof(folder, image_type)
-        if channels is None:
-            channels = member_channels
-        elif member_channels != channels:
-            raise UserError(f"member {ref.key} has channels {list(member_channels)}, others {list(channels)}")
-        count = 0
-        for image_id, _, probs in items:
-            if image_id in sums:
-                if sums[image_id].shape != probs.shape:
-                    raise UserError(f"member {ref.key}: out-of-fold map of {image_id} has shape {probs.shape}, "
-                                    f"another member's {sums[image_id].shape}")
-                sums[image_id] += ref.weight * probs
-            else:
-                sums[image_id] = ref.weight * probs
-            weights[image_id] = weights.get(image_id, 0.0) + ref.weight
-            n_views[image_id] = n_views.get(image_id, 0) + 1
-            count += 1
-        contributed[ref.key] = count
+        for folder in ensemble.member_folders(ref.key):
+            label = ref.key if folder == ensemble.member_folder(ref.key) else str(folder)
+            if not (folder / "oof.npz").is_file():
+                log.warning("member %s has no oof.npz (no validation images?): not used for tuning", label)
+                continue
+            member_channels, items = read_oof(folder, image_type)
+            if channels is None:
+                channels = member_channels
+            elif member_channels != channels:
+                raise UserError(f"member {label} has channels {list(member_channels)}, others {list(channels)}")
+            count = 0
+            for image_id, _, probs in items:
+                if image_id in sums:
+                    if sums[image_id].shape != probs.shape:
+                        raise UserError(f"member {label}: out-of-fold map of {image_id} has shape {probs.shape}, "
+                                        f"another member's {sums[image_id].shape}")
+                    sums[image_id] += ref.weight * probs
+                else:
+                    sums[image_id] = ref.weight * probs
+                weights[image_id] = weights.get(image_id, 0.0) + ref.weight
+                n_views[image_id] = n_views.get(image_id, 0) + 1
+                count += 1
+            contributed[label] = count
     probs = {i: sums[i] / weights[i] for i in sorted(sums)}
     return OOFSet(probs, channels or (), contributed, {i: n_views[i] for i in sorted(n_views)})
+
+
+def _member_config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def with_other_folds(ensemble: Ensemble, models_dirs) -> Ensemble:
+    """``ensemble`` with the same recipe's members trained on other folds
+    (``MODELS_DIR/<recipe>/<type>/<name>``, from ``make train-all TRAIN_FOLD=N
+    MODELS=MODELS_DIR``) joining its tuning (:attr:`Ensemble.other_folds`).
+
+    Raises:
+        UserError: a folder without the recipe or without any of the ensemble's members, or a
+            member validated on a fold already counted (its images would count twice).
+    """
+    import dataclasses
+
+    roots: list[Path] = []
+    folds: dict[str, set] = {k: {_member_config(ensemble.member_folder(k)).get("fold")} for k in ensemble.member_keys()}
+    for models_dir in models_dirs:
+        root = Path(models_dir) / ensemble.recipe
+        if not root.is_dir():
+            raise UserError(f"{root} not found: train recipe {ensemble.recipe} on another fold there first "
+                            f"(make train-all RECIPE={ensemble.recipe} TRAIN_FOLD=N MODELS={models_dir})")
+        found = []
+        for key in ensemble.member_keys():
+            config = _member_config(root / key)
+            if not config:
+                log.warning("%s has no member %s: its images come from the other folds only", root, key)
+                continue
+            if config.get("fold") in folds[key]:
+                raise UserError(f"{root / key} was validated on fold {config.get('fold')}, like another folder of "
+                                f"{key} in the tuning: its images would count twice")
+            folds[key].add(config.get("fold"))
+            mine = dict(_member_config(ensemble.member_folder(key)).get("member") or {})
+            theirs = dict(config.get("member") or {})
+            differ = sorted(k for k in (set(mine) | set(theirs)) - {"fold"}
+                            if (mine.get(k) or None) != (theirs.get(k) or None))
+            if differ:
+                log.warning("%s differs from %s in %s: not the same recipe on another fold?", root / key,
+                            ensemble.member_folder(key), ", ".join(differ))
+            found.append(key)
+        if not found:
+            raise UserError(f"{root} holds none of the members of {ensemble.path}")
+        roots.append(root)
+    return dataclasses.replace(ensemble, other_folds=tuple(roots))
 
 
 def training_split_dir(ensemble: Ensemble, data_dir: str | Path | None = None) -> Path:

@@ -902,6 +902,52 @@ def test_a_holdout_refuses_members_that_trained_on_its_images(world, tmp_path, m
                   crossfit=True).score is not None
 
 
+def test_tuning_pools_the_out_of_fold_maps_of_the_recipe_trained_on_another_fold(world, tmp_path, capsys):
+    """`make tune OTHER_FOLDS=models/fold1`: the members of fold 0 and their copies trained on
+    fold 1 tune together, as if one member held out every image."""
+    import shutil
+
+    from competition.cli import main
+    from competition.ensemble import load_ensemble
+    from competition.ensemble_tuning import tune_ensemble
+    from competition.errors import UserError
+    from competition.oof import collect_oof, with_other_folds
+
+    ids = sorted(world["drawn"]["train"])
+    fold0, fold1 = set(ids[0::2]), set(ids[1::2])
+    every = world["models"] / "standin"  # the stand-ins' maps hold every training image
+    main_dir, other_dir = tmp_path / "models", tmp_path / "fold1"
+    for root, fold, held in ((main_dir, 0, fold0), (other_dir, 1, fold1)):
+        shutil.copytree(world["models"], root)
+        for key in ("all/a", "fluorescence/f"):
+            _write_oof(every / key, root / "standin" / key, lambda i: i in held)
+            config = root / "standin" / key / "config.json"
+            config.write_text(json.dumps({**json.loads(config.read_text()), "fold": fold}))
+    whole = load_ensemble(world["models"], "standin")
+    pooled = with_other_folds(load_ensemble(main_dir, "standin"), [other_dir])
+    assert pooled.other_folds == (other_dir / "standin",)
+    oof, reference = collect_oof(pooled, "all", None), collect_oof(whole, "all", None)
+    assert list(oof.probs) == list(reference.probs) == ids
+    assert oof.members == {"all/a": len(fold0), str(other_dir / "standin" / "all/a"): len(fold1)}
+    assert all(np.array_equal(oof.probs[i], reference.probs[i]) for i in ids)
+    assert set(oof.n_views.values()) == {1}, "each image from the one member that held it out"
+    conditions = {i: f"c{k % 4}" for k, i in enumerate(ids)}
+    tuned, outcomes = tune_ensemble(pooled, n_rounds=1, write=False, conditions=conditions, n_parts=2)
+    alone, expected = tune_ensemble(whole, n_rounds=1, write=False, conditions=conditions, n_parts=2)
+    for got, want in zip(outcomes, expected):
+        assert (got.entry, got.params, got.result.n_images) == (want.entry, want.params, want.result.n_images)
+        assert got.crossfit == want.crossfit
+    assert tuned.entries["all"].tuning["other_folds"] == [str(other_dir / "standin")]
+    assert "other_folds" not in alone.entries["all"].tuning
+    assert main(["tune", "--recipe", "standin", "--models", str(main_dir), "--other-folds", str(other_dir),
+                 "--rounds", "1", "--dry-run"]) == 0
+    assert f"out-of-fold maps also from {other_dir / 'standin'}" in capsys.readouterr().out
+    with pytest.raises(UserError, match="validated on fold 0, like another folder of all/a.*count twice"):
+        with_other_folds(load_ensemble(main_dir, "standin"), [main_dir])
+    with pytest.raises(UserError, match=r"nowhere/standin not found: train recipe standin on another fold"):
+        with_other_folds(load_ensemble(main_dir, "standin"), [tmp_path / "nowhere"])
+
+
 def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_path):
     ids, folds, out = lay_out_holdout(world, tmp_path)
     cal = tmp_path / "calibration.json"

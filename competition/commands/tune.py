@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where a type has its own members, also try them averaged with the all-type ones "
                              "(kept where that scores best, cross-fitted with --folds; costs a second network "
                              "on that type's images at prediction)")
+    parser.add_argument("--other-folds", type=Path, nargs="+", default=(), metavar="MODELS_DIR",
+                        help="models folders holding the same recipe trained on other folds (make train-all "
+                             "TRAIN_FOLD=N MODELS=MODELS_DIR): their out-of-fold maps join the tuning and its "
+                             "cross-fitting, so it sees the conditions of every fold")
     parser.add_argument("--size-units", choices=("image", "network"), default="image",
                         help="count the tuned pixel sizes (min_seed_size, min_size, seed_dilation, grow) in the image's "
                              "own pixels (default), or in the pixels of the network's input, which follow each "
@@ -56,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
     if ensemble.adapt is not None:
         raise UserError(f"{ensemble.path} is {ensemble.adapt['of']} adapted to pseudo-labels, with that ensemble's "
                         "post-processing: tune that ensemble, then rerun `make adapt`")
+    if args.other_folds:
+        from competition.oof import with_other_folds
+
+        ensemble = with_other_folds(ensemble, args.other_folds)
+        print("out-of-fold maps also from " + ", ".join(map(str, ensemble.other_folds)))
     for line in ensemble.describe():
         print(f"ensemble {line}")
     conditions = None
