@@ -234,16 +234,18 @@ class Ensemble:
         entry = self.entries.get(image_type)
         return entry.colour_views if entry is not None else ()
 
-    def with_tuning(self, entry: str, params: Mapping[str, Any], tuning: Mapping[str, Any],
+    def with_tuning(self, entry: str, params: Mapping[str, Any] | None, tuning: Mapping[str, Any],
                     colour_views: tuple[str, ...] | None = None, size_units: str | None = None) -> Ensemble:
         """A copy with ``entry``'s post-processing parameters and tuning record replaced (and
-        its colour views and size units, when given)."""
+        its colour views and size units, when given); ``params`` None: none of its own (its
+        images take the ``all`` entry's)."""
         entries = dict(self.entries)
         views = entries[entry].colour_views if colour_views is None else tuple(colour_views)
         units = entries[entry].size_units if size_units is None else size_units
         if units not in SIZE_UNITS:
             raise ValueError(f"size_units must be one of {list(SIZE_UNITS)}, got {units!r}")
-        entries[entry] = dataclasses.replace(entries[entry], postprocess=dict(params), tuning=dict(tuning),
+        entries[entry] = dataclasses.replace(entries[entry], postprocess=None if params is None else dict(params),
+                                             tuning=dict(tuning),
                                              colour_views=views, size_units=units)
         return dataclasses.replace(self, entries=entries)
 

@@ -268,6 +268,21 @@ def tune_ensemble(
             record["crossfit"] = crossfits.get(side) or crossfit_postprocess(
                 _samples_by_id(chosen, chosen_entry), conditions, grid, base, n_rounds=n_rounds,
                 channels=chosen.channels, n_parts=n_parts)
+            if (name != "all" and chosen_entry == "all" and record["crossfit"]["score"] is None
+                    and ensemble.entries["all"].postprocess is not None):
+                # One imaging condition: nothing out of sample can judge parameters of its own,
+                # and a holdout would score these images with parameters tuned on them.
+                n_conditions = len({conditions.get(i, i) for i in chosen.probs})
+                note = (f"its {len(chosen.probs)} out-of-fold image(s) come from {n_conditions} imaging condition: "
+                        "no parameters of its own (nothing out of sample could judge them); the all-type "
+                        "parameters, cross-fitted over every condition, apply")
+                log.info("%s: %s", name, note)
+                ensemble = ensemble.with_tuning(name, None, {**record, "note": note}, colour_views=())
+                if write:
+                    write_ensemble(ensemble)
+                outcomes.append(TypeTuning(name, image_type, members, len(chosen.probs), note=note,
+                                           crossfit=record["crossfit"]))
+                continue
         kept_views: tuple[str, ...] | None = None if name == "all" else ()
         if colour_views and name != "all":
             viewed, n_colour = colour_view_oof(ensemble, "all" if side == "all" else source, chosen, images, labels,

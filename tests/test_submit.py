@@ -948,6 +948,40 @@ def test_tuning_pools_the_out_of_fold_maps_of_the_recipe_trained_on_another_fold
         with_other_folds(load_ensemble(main_dir, "standin"), [tmp_path / "nowhere"])
 
 
+def test_a_type_seen_in_one_condition_takes_the_cross_fitted_all_type_parameters(world, tmp_path):
+    """Its own parameters could only be tuned on the images a holdout then scores with them."""
+    import shutil
+
+    from competition.ensemble import load_ensemble, read_ensemble
+    from competition.ensemble_tuning import tune_ensemble
+
+    models = tmp_path / "models"
+    shutil.copytree(world["models"], models)
+    train = world["drawn"]["train"]
+    ids = sorted(train)
+    lonely = [i for i in ids if train[i][0] == "histology"]
+    assert lonely, "the drawn world has stained images"
+    conditions = {i: "histology-one" if i in lonely else f"c{k % 3}" for k, i in enumerate(ids)}
+    tuned, outcomes = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1, conditions=conditions, n_parts=2)
+    histology = next(t for t in outcomes if t.entry == "histology")
+    assert histology.result is None and histology.params is None
+    assert "come from 1 imaging condition" in histology.note and histology.crossfit["score"] is None
+    saved = read_ensemble(models / "standin" / "ensemble.json")
+    assert saved.entries["histology"].postprocess is None and saved.entries["all"].postprocess is not None
+    assert "no parameters of its own" in saved.entries["histology"].tuning["note"]
+    for image_id in lonely:
+        params, source = saved.params_for("histology", crossfit_id=image_id)
+        part = saved.entries["all"].tuning["crossfit"]["parts"][image_id]
+        assert source == f"cross-fitted all part {part}"
+    assert saved.params_for("histology")[1] == "tuned all"
+    # with two conditions the type keeps parameters of its own, cross-fitted
+    conditions.update({i: f"histology-{k % 2}" for k, i in enumerate(lonely)})
+    if len(lonely) > 1:
+        tuned, outcomes = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1, conditions=conditions, n_parts=2)
+        assert tuned.entries["histology"].postprocess is not None
+        assert tuned.params_for("histology", crossfit_id=lonely[0])[1].startswith("cross-fitted histology part")
+
+
 def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_path):
     ids, folds, out = lay_out_holdout(world, tmp_path)
     cal = tmp_path / "calibration.json"
