@@ -277,6 +277,8 @@ def tune_ensemble(
                         "no parameters of its own (nothing out of sample could judge them); the all-type "
                         "parameters, cross-fitted over every condition, apply")
                 log.info("%s: %s", name, note)
+                if ensemble.other_folds:
+                    record["other_folds"] = [str(r) for r in ensemble.other_folds]
                 ensemble = ensemble.with_tuning(name, None, {**record, "note": note}, colour_views=())
                 if write:
                     write_ensemble(ensemble)
@@ -390,6 +392,7 @@ def colour_view_oof(ensemble: Ensemble, entry: str, oof: OOFSet, images: Mapping
     """``oof`` with each colour image's map averaged with the maps of its colour views.
 
     Each view goes through the path training's out-of-fold maps came from
+    (:func:`~competition.predict.members.predict_scaled`, no TTA, at the true nucleus
     size) with every member of ``entry`` whose ``oof.npz`` holds the image (weighted mean; in
     the ensemble's ``other_folds`` too);
     the image's map becomes the mean of its own map and its views' maps, as
