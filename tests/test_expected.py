@@ -125,7 +125,7 @@ def test_a_type_that_borrows_every_holdout_image_says_so(tmp_path):
     assert support["n_holdout"] == len(rows) and support["holdout_of"].startswith("all types")
 
 
-def test_the_calibrations_of_several_folds_pool(tmp_path, caplog):
+def test_the_calibrations_of_several_folds_pool(tmp_path):
     """Files made for this submission's settings pool their rows; others are left out with a
     note; an image held out twice is refused rather than counted twice."""
     from types import SimpleNamespace
