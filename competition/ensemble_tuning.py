@@ -188,6 +188,23 @@ def tune_ensemble(
     def _samples_by_id(o: OOFSet, entry: str) -> dict[str, tuple[Any, Any, float]]:
         return dict(zip(o.probs, _samples(o, entry)))
 
+    def _leave_to_all(name: str, image_type: str, members: tuple[str, ...], o: OOFSet, record: dict) -> None:
+        """A type whose out-of-fold images all come from one imaging condition, served by the
+        all-type members: no parameters of its own. Nothing out of sample could judge them, and
+        a holdout would score these images with parameters tuned on them."""
+        nonlocal ensemble
+        note = (f"its {len(o.probs)} out-of-fold image(s) come from 1 imaging condition: no parameters of its "
+                "own (nothing out of sample could judge them); the all-type parameters, cross-fitted over every "
+                "condition, apply")
+        log.info("%s: %s", name, note)
+        record = {**record, "note": note}
+        if ensemble.other_folds:
+            record["other_folds"] = [str(r) for r in ensemble.other_folds]
+        ensemble = ensemble.with_tuning(name, None, record, colour_views=())
+        if write:
+            write_ensemble(ensemble)
+        outcomes.append(TypeTuning(name, image_type, members, len(o.probs), note=note, crossfit=record["crossfit"]))
+
     for name, source, image_type in plans:
         oof = oofs[name]
         crossfits: dict[str, dict] = {}  # side ("own"/"all") -> its cross-fitting, when compared
@@ -197,6 +214,15 @@ def tune_ensemble(
                     f"{'the all parameters' if name != 'all' else 'the defaults'} apply")
             log.warning("%s: %s", name, note)
             outcomes.append(TypeTuning(name, image_type, members, 0, note=note))
+            continue
+        if (conditions is not None and name != "all" and source == "all"
+                and ensemble.entries["all"].postprocess is not None
+                and len(set(condition_parts(oof.probs, conditions, n_parts).values())) < 2):
+            # decided before tuning it in sample, which would be thrown away
+            crossfit = crossfit_postprocess(_samples_by_id(oof, source), conditions, grid, base, n_parts=n_parts)
+            _leave_to_all(name, image_type, members, oof,
+                          {"image_type": image_type, "n_images": len(oof.probs), "members": dict(oof.members),
+                           "from_entry": source, "crossfit": crossfit})
             continue
         log.info("tuning %s on %d image(s) from %s", name, len(oof.probs), ", ".join(k for k, n in oof.members.items() if n))
         result = tune_postprocess(_samples(oof, source), grid, base, n_rounds=n_rounds, channels=oof.channels)
@@ -270,20 +296,7 @@ def tune_ensemble(
                 channels=chosen.channels, n_parts=n_parts)
             if (name != "all" and chosen_entry == "all" and record["crossfit"]["score"] is None
                     and ensemble.entries["all"].postprocess is not None):
-                # One imaging condition: nothing out of sample can judge parameters of its own,
-                # and a holdout would score these images with parameters tuned on them.
-                n_conditions = len({conditions.get(i, i) for i in chosen.probs})
-                note = (f"its {len(chosen.probs)} out-of-fold image(s) come from {n_conditions} imaging condition: "
-                        "no parameters of its own (nothing out of sample could judge them); the all-type "
-                        "parameters, cross-fitted over every condition, apply")
-                log.info("%s: %s", name, note)
-                if ensemble.other_folds:
-                    record["other_folds"] = [str(r) for r in ensemble.other_folds]
-                ensemble = ensemble.with_tuning(name, None, {**record, "note": note}, colour_views=())
-                if write:
-                    write_ensemble(ensemble)
-                outcomes.append(TypeTuning(name, image_type, members, len(chosen.probs), note=note,
-                                           crossfit=record["crossfit"]))
+                _leave_to_all(name, image_type, members, chosen, record)  # its own members dropped for them
                 continue
         kept_views: tuple[str, ...] | None = None if name == "all" else ()
         if colour_views and name != "all":

@@ -980,6 +980,20 @@ def test_a_type_seen_in_one_condition_takes_the_cross_fitted_all_type_parameters
         tuned, outcomes = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1, conditions=conditions, n_parts=2)
         assert tuned.entries["histology"].postprocess is not None
         assert tuned.params_for("histology", crossfit_id=lonely[0])[1].startswith("cross-fitted histology part")
+    # a type whose own member is dropped for the all-type ones (its maps say nothing here), its
+    # images of one condition: no parameters of its own either
+    fluo = [i for i in ids if train[i][0] == "fluorescence"]
+    own = models / "standin" / "fluorescence/f" / "oof.npz"
+    with np.load(own) as z:
+        arrays = {k: (np.zeros_like(v) if k.startswith("p_") else v) for k, v in z.items()}
+    np.savez_compressed(own, **arrays)
+    conditions.update({i: "fluorescence-one" for i in fluo})
+    tuned, outcomes = tune_ensemble(load_ensemble(models, "standin"), n_rounds=1, conditions=conditions, n_parts=2)
+    fluorescence = next(t for t in outcomes if t.entry == "fluorescence")
+    assert fluorescence.choice is None and fluorescence.params is None
+    assert tuned.entries["fluorescence"].members == () and tuned.entries["fluorescence"].postprocess is None
+    assert tuned.entries["fluorescence"].tuning["choice"]["kept"] == "all"
+    assert "come from 1 imaging condition" in fluorescence.note
 
 
 def test_holdout_calibrates_the_expected_score_of_a_test_submission(world, tmp_path):
