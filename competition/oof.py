@@ -15,7 +15,7 @@ from competition.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OOFSet", "read_oof", "collect_oof", "oof_ids", "training_split_dir", "with_other_folds"]
+__all__ = ["OOFSet", "read_oof", "collect_oof", "oof_ids", "member_config", "training_split_dir", "with_other_folds"]
 
 
 # ----------------------------------------------------------------------------- tuning
@@ -131,9 +131,10 @@ def collect_oof(ensemble: Ensemble, entry: str, image_type: str | None) -> OOFSe
     return OOFSet(probs, channels or (), contributed, {i: n_views[i] for i in sorted(n_views)})
 
 
-def _member_config(folder: Path) -> dict[str, Any]:
+def member_config(folder: str | Path) -> dict[str, Any]:
+    """A member folder's ``config.json`` ({} when it is missing or unreadable)."""
     try:
-        return json.loads((folder / "config.json").read_text())
+        return json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return {}
 
@@ -150,7 +151,8 @@ def with_other_folds(ensemble: Ensemble, models_dirs) -> Ensemble:
     import dataclasses
 
     roots: list[Path] = []
-    folds: dict[str, set] = {k: {_member_config(ensemble.member_folder(k)).get("fold")} for k in ensemble.member_keys()}
+    configs = {k: member_config(ensemble.member_folder(k)) for k in ensemble.member_keys()}
+    folds: dict[str, set] = {k: {c.get("fold")} for k, c in configs.items()}
     for models_dir in models_dirs:
         root = Path(models_dir) / ensemble.recipe
         if not root.is_dir():
@@ -158,7 +160,7 @@ def with_other_folds(ensemble: Ensemble, models_dirs) -> Ensemble:
                             f"(make train-all RECIPE={ensemble.recipe} TRAIN_FOLD=N MODELS={models_dir})")
         found = []
         for key in ensemble.member_keys():
-            config = _member_config(root / key)
+            config = member_config(root / key)
             if not config:
                 log.warning("%s has no member %s: its images come from the other folds only", root, key)
                 continue
@@ -166,7 +168,7 @@ def with_other_folds(ensemble: Ensemble, models_dirs) -> Ensemble:
                 raise UserError(f"{root / key} was validated on fold {config.get('fold')}, like another folder of "
                                 f"{key} in the tuning: its images would count twice")
             folds[key].add(config.get("fold"))
-            mine = dict(_member_config(ensemble.member_folder(key)).get("member") or {})
+            mine = dict(configs[key].get("member") or {})
             theirs = dict(config.get("member") or {})
             differ = sorted(k for k in (set(mine) | set(theirs)) - {"fold"}
                             if (mine.get(k) or None) != (theirs.get(k) or None))
@@ -193,10 +195,7 @@ def training_split_dir(ensemble: Ensemble, data_dir: str | Path | None = None) -
         candidates.append(Path(data_dir))
     else:
         for key in ensemble.member_keys():
-            try:
-                recorded = json.loads((ensemble.member_folder(key) / "config.json").read_text()).get("data_dir")
-            except (OSError, ValueError):
-                continue
+            recorded = member_config(ensemble.member_folder(key)).get("data_dir")
             if recorded:
                 candidates.append(Path(recorded))
         if not candidates:

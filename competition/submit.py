@@ -566,7 +566,7 @@ def members_held_out(ensemble) -> dict[str, tuple[set[str], str]]:
     """Member key -> (the training images it held out, its fold), for the members whose
     ``oof.npz`` says what they held out; with the training split's ids under ``""``
     (:func:`competition.oof.training_split_dir`). Empty when the split is not found."""
-    from competition.oof import oof_ids, training_split_dir
+    from competition.oof import member_config, oof_ids, training_split_dir
 
     try:
         split = training_split_dir(ensemble)
@@ -577,12 +577,7 @@ def members_held_out(ensemble) -> dict[str, tuple[set[str], str]]:
     for key in ensemble.member_keys():
         held = oof_ids(ensemble.member_folder(key))
         if held:
-            try:
-                config = json.loads((ensemble.member_folder(key) / "config.json").read_text())
-                fold = str((config.get("member") or {}).get("fold", "?"))
-            except (OSError, ValueError):
-                fold = "?"
-            known[key] = (held, fold)
+            known[key] = (held, str((member_config(ensemble.member_folder(key)).get("member") or {}).get("fold", "?")))
     return known
 
 
