@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import albumentations as A
 import numpy as np
 import pytest
@@ -322,6 +323,37 @@ def test_red_cells_only_where_there_are_no_nuclei():
     assert not red_cell_density(rng, np.ones((64, 64), np.float32), 8).any(), "no room: no cells"
     density = red_cell_density(rng, np.zeros((64, 64), np.float32), 8)
     assert density.dtype == np.float32 and density.max() > 0.4
+
+
+def test_faint_tissue_render_draws_fainter_nuclei_in_textured_tissue():
+    """``faint``: the label is untouched, nuclei stay darker and bluer than the tissue, but by
+    less than in the plain rendering on the same crops (the draws widen toward weak
+    haematoxylin contrast), and the tissue varies within itself (its texture); the plain
+    rendering is unchanged (its numbers come first, the texture's after them)."""
+    from competition.train.augment import TissueRender
+
+    image, label = draw((96, 96), seed=2)
+    inner = (label > 0) & (np.abs(np.diff(label, axis=0, prepend=0)) == 0)
+    contrast = {False: [], True: []}
+    spread = {False: [], True: []}
+    for seed in range(24):
+        for faint in (False, True):
+            render = TissueRender(faint=faint, p=1.0)
+            render.get_params = lambda r=render: {**TissueRender.get_params(r), "cover": 1.0}
+            out, (lab,) = augment(A.Compose([render]), image, [label], np.random.default_rng(seed))
+            assert np.array_equal(lab, label)
+            grey = out.astype(float).mean(axis=2)
+            far = cv2.dilate((label > 0).astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+            contrast[faint].append(grey[far].mean() - grey[inner].mean())
+            spread[faint].append(grey[far].std())
+    assert min(contrast[True]) > 0, "nuclei stay darker than the tissue"
+    assert np.median(contrast[True]) < 0.8 * np.median(contrast[False])
+    assert np.median(spread[True]) > np.median(spread[False])
+    plain, _ = augment(A.Compose([TissueRender(p=1.0)]), image, [label], np.random.default_rng(5))
+    again, _ = augment(A.Compose([TissueRender(faint=False, p=1.0)]), image, [label],
+                       np.random.default_rng(5))
+    assert np.array_equal(plain, again)
+    assert "tissue-faint" in PIPELINES and "tissue-faint" in FLUORESCENCE_COLOUR
 
 
 def test_tissue_render_refuses_a_red_cell_probability_outside_0_1():
