@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 
 import pytest
@@ -27,7 +28,7 @@ def parse(doc: dict):
     return parse_recipe(doc, name="t")
 
 
-@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu", "pilots", "demo"])
+@pytest.mark.parametrize("name", ["tiny", "cpu", "cpu-faint", "gpu", "pilots", "demo"])
 def test_shipped_recipes_parse_and_validate(name):
     recipe = load_recipe(name)
     assert recipe.name == name
@@ -234,3 +235,45 @@ def test_shipped_recipes_are_valid_toml_with_description():
     for path in sorted(RECIPES_DIR.glob("*.toml")):
         doc = tomllib.loads(path.read_text())
         assert doc.get("description"), f"{path.name} has a description"
+
+
+def test_extends_overrides_the_base_defaults_key_by_key_and_keeps_its_members(tmp_path):
+    """A recipe that ``extends`` another states only what differs: ``[defaults]`` and
+    ``[defaults.loss]`` keys override one by one, member lists not given are the base's, a
+    member list given replaces the base's, and the description is the recipe's own."""
+    (tmp_path / "base.toml").write_text(
+        'description = "base"\n[defaults]\nencoder = "mobilenet_v2"\ncrop_size = 64\npad = 16\n'
+        'epochs = 3\n[defaults.loss]\nsoft = "jaccard"\nbce = 1.0\n'
+        '[[all]]\nname = "a"\n[[histology]]\nname = "h"\ninit_from = "all/a"\n')
+    (tmp_path / "child.toml").write_text(
+        'extends = "base.toml"\ndescription = "child"\n[defaults]\ncrop_size = 96\n'
+        '[defaults.loss]\nbce = 0.5\n')
+    child = load_recipe(tmp_path / "child.toml")
+    base = load_recipe(tmp_path / "base.toml")
+    assert child.name == "child" and child.description == "child"
+    assert [m.key for m in child.members] == [m.key for m in base.members] == ["all/a", "histology/h"]
+    for m, b in zip(child.members, base.members):
+        assert (m.crop_size, b.crop_size) == (96, 64)
+        assert (m.loss.bce, m.loss.soft) == (0.5, "jaccard")
+        assert m.epochs == b.epochs == 3
+    (tmp_path / "other.toml").write_text(
+        'extends = "base.toml"\ndescription = "other"\n[[histology]]\nname = "h2"\ninit_from = "all/a"\n')
+    assert [m.key for m in load_recipe(tmp_path / "other.toml").members] == ["all/a", "histology/h2"]
+
+
+def test_extends_refuses_a_cycle_and_names_a_missing_base(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\ndescription = "a"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\ndescription = "b"\n')
+    with pytest.raises(UserError, match="cycle"):
+        load_recipe(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('extends = "no-such-recipe"\ndescription = "c"\n')
+    with pytest.raises(UserError, match="no-such-recipe"):
+        load_recipe(tmp_path / "c.toml")
+
+
+def test_cpu_faint_is_the_cpu_recipe_but_for_its_augmentation():
+    cpu, faint = load_recipe("cpu"), load_recipe("cpu-faint")
+    assert [m.key for m in faint.members] == [m.key for m in cpu.members]
+    for a, b in zip(cpu.members, faint.members):
+        assert (a.augment, b.augment) == ("tissue", "tissue-faint")
+        assert dataclasses.replace(b, augment=a.augment) == a

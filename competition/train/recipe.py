@@ -24,6 +24,10 @@ member per fold, named ``<name>-f<k>``; an ``init_from`` naming such a family pi
 parent of the same fold (fine-tuning from a parent trained on another fold would leak its
 validation images).
 
+A recipe may start from another, ``extends = "cpu"`` (a shipped name, or a path relative to
+its own folder), and state only what differs: its ``[defaults]`` (and ``[defaults.loss]``)
+keys override the base's one by one, and a member list it gives replaces the base's.
+
 Unknown keys, architectures or encoders raise :class:`~competition.errors.UserError` with
 the valid names. This module imports torch/smp only to check arch and encoder names.
 """
@@ -454,7 +458,7 @@ def parse_recipe(data: dict, *, name: str, path: str = "") -> Recipe:
             ``init_from``; the message names the table and lists valid choices.
     """
     where = path or name
-    top = ["description", "channels", "defaults", *MEMBER_TYPES]
+    top = ["description", "channels", "defaults", *MEMBER_TYPES]  # "extends": load_recipe
     check_keys(data, top, where)
     description = data.get("description", "")
     channels = tuple(data.get("channels", DEFAULT_CHANNELS))
@@ -573,11 +577,45 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         UserError: missing file, TOML syntax error, or anything :func:`parse_recipe` rejects.
     """
     path = resolve_recipe_path(name_or_path)
+    return parse_recipe(_read_extended(path, ()), name=path.stem, path=str(path))
+
+
+def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict:
+    """The TOML document of ``path`` with its ``extends`` resolved: a recipe may name
+    another (a shipped name, or a path relative to its own folder) and state only what
+    differs. ``[defaults]`` and its ``[defaults.loss]`` are merged key by key over the
+    base's; a member list (``[[all]]``, ``[[histology]]``, ...) or ``channels`` that the
+    recipe gives replaces the base's; ``description`` is the recipe's own.
+
+    Raises:
+        UserError: invalid TOML, a base that is not found, or a cycle of ``extends``.
+    """
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
-    return parse_recipe(data, name=path.stem, path=str(path))
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str) or not base_name:
+        raise UserError(f"{path}: extends: expected a recipe name or path, got {base_name!r}")
+    relative = path.parent / base_name
+    base_path = resolve_recipe_path(relative if relative.suffix == ".toml" and relative.is_file()
+                                    else base_name)
+    chain = (*seen, path.resolve())
+    if base_path.resolve() in chain:
+        raise UserError(f"{path}: extends {base_name!r} makes a cycle: "
+                        + " -> ".join(p.name for p in (*chain, base_path)))
+    merged = _read_extended(base_path, chain)
+    for key, value in data.items():
+        if key == "defaults" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            defaults = {**merged[key], **value}
+            if isinstance(value.get("loss"), dict) and isinstance(merged[key].get("loss"), dict):
+                defaults["loss"] = {**merged[key]["loss"], **value["loss"]}
+            merged[key] = defaults
+        else:
+            merged[key] = value
+    return merged
 
 
 def member_from_dict(d: dict) -> Member:
