@@ -458,7 +458,7 @@ def parse_recipe(data: dict, *, name: str, path: str = "") -> Recipe:
             ``init_from``; the message names the table and lists valid choices.
     """
     where = path or name
-    top = ["description", "channels", "defaults", *MEMBER_TYPES]  # "extends": load_recipe
+    top = ["description", "channels", "defaults", *MEMBER_TYPES]  # "extends": resolved by load_recipe
     check_keys(data, top, where)
     description = data.get("description", "")
     channels = tuple(data.get("channels", DEFAULT_CHANNELS))
@@ -585,7 +585,7 @@ def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict:
     another (a shipped name, or a path relative to its own folder) and state only what
     differs. ``[defaults]`` and its ``[defaults.loss]`` are merged key by key over the
     base's; a member list (``[[all]]``, ``[[histology]]``, ...) or ``channels`` that the
-    recipe gives replaces the base's; ``description`` is the recipe's own.
+    recipe gives replaces the base's, and so does its ``description``.
 
     Raises:
         UserError: invalid TOML, a base that is not found, or a cycle of ``extends``.
