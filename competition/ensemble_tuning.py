@@ -215,14 +215,14 @@ def tune_ensemble(
             log.warning("%s: %s", name, note)
             outcomes.append(TypeTuning(name, image_type, members, 0, note=note))
             continue
-        if (conditions is not None and name != "all" and source == "all"
-                and ensemble.entries["all"].postprocess is not None
-                and len(set(condition_parts(oof.probs, conditions, n_parts).values())) < 2):
+        parts = (condition_parts(oof.probs, conditions, n_parts)
+                 if conditions is not None and name != "all" and source == "all"
+                 and ensemble.entries["all"].postprocess is not None else None)
+        if parts is not None and max(parts.values(), default=0) < 1:
             # decided before tuning it in sample, which would be thrown away
-            crossfit = crossfit_postprocess(_samples_by_id(oof, source), conditions, grid, base, n_parts=n_parts)
             _leave_to_all(name, image_type, members, oof,
                           {"image_type": image_type, "n_images": len(oof.probs), "members": dict(oof.members),
-                           "from_entry": source, "crossfit": crossfit})
+                           "from_entry": source, "crossfit": _not_crossfitted(parts)})
             continue
         log.info("tuning %s on %d image(s) from %s", name, len(oof.probs), ", ".join(k for k, n in oof.members.items() if n))
         result = tune_postprocess(_samples(oof, source), grid, base, n_rounds=n_rounds, channels=oof.channels)
@@ -360,6 +360,12 @@ def condition_parts(image_ids: Iterable[str], conditions: Mapping[str, str], n_p
     return dict(sorted(parts.items()))
 
 
+def _not_crossfitted(parts: Mapping[str, int]) -> dict[str, Any]:
+    """The cross-fitting record of images dealt to one part (fewer than 2 conditions)."""
+    return {"score": None, "n_parts": 1, "part_scores": [], "params": [], "parts": dict(parts),
+            "note": "fewer than 2 conditions: nothing to cross-fit"}
+
+
 def crossfit_postprocess(samples: Mapping[str, tuple[Any, Any]], conditions: Mapping[str, str], grid,
                          base, *, n_rounds: int = 2, channels=None, n_parts: int = 3) -> dict[str, Any]:
     """Out-of-sample score of the post-processing tuning: the images are split into parts of
@@ -383,8 +389,7 @@ def crossfit_postprocess(samples: Mapping[str, tuple[Any, Any]], conditions: Map
     parts = condition_parts(samples, conditions, n_parts)
     k = max(parts.values(), default=0) + 1
     if k < 2:
-        return {"score": None, "n_parts": k, "part_scores": [], "params": [], "parts": parts,
-                "note": "fewer than 2 conditions: nothing to cross-fit"}
+        return _not_crossfitted(parts)
     params_out, part_scores, pairs = [], [], []
     for p in range(k):
         train = [samples[i] for i, q in parts.items() if q != p]

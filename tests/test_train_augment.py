@@ -334,6 +334,7 @@ def test_faint_tissue_render_draws_fainter_nuclei_in_textured_tissue():
 
     image, label = draw((96, 96), seed=2)
     inner = (label > 0) & (np.abs(np.diff(label, axis=0, prepend=0)) == 0)
+    far = cv2.dilate((label > 0).astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
     contrast = {False: [], True: []}
     spread = {False: [], True: []}
     for seed in range(24):
@@ -343,7 +344,6 @@ def test_faint_tissue_render_draws_fainter_nuclei_in_textured_tissue():
             out, (lab,) = augment(A.Compose([render]), image, [label], np.random.default_rng(seed))
             assert np.array_equal(lab, label)
             grey = out.astype(float).mean(axis=2)
-            far = cv2.dilate((label > 0).astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
             contrast[faint].append(grey[far].mean() - grey[inner].mean())
             spread[faint].append(grey[far].std())
     assert min(contrast[True]) > 0, "nuclei stay darker than the tissue"

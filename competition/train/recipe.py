@@ -608,13 +608,8 @@ def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict:
                         + " -> ".join(p.name for p in (*chain, base_path)))
     merged = _read_extended(base_path, chain)
     for key, value in data.items():
-        if key == "defaults" and isinstance(value, dict) and isinstance(merged.get(key), dict):
-            defaults = {**merged[key], **value}
-            if isinstance(value.get("loss"), dict) and isinstance(merged[key].get("loss"), dict):
-                defaults["loss"] = {**merged[key]["loss"], **value["loss"]}
-            merged[key] = defaults
-        else:
-            merged[key] = value
+        both_tables = key == "defaults" and isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both_tables else value
     return merged
 
 
