@@ -93,6 +93,7 @@ DEMO_RECIPE ?= demo
 LAUNCH := $(if $(filter-out 0 1,$(GPUS)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m competition,$(PYTHON) -m competition)
 SUB ?=
 SOLUTION ?=
+AGAINST ?=
 TYPES ?=
 PYTEST_ARGS ?=
 
@@ -170,9 +171,9 @@ holdout: $(SETUP)  ## the whole submit pipeline on training fold FOLD (held out 
 		--out-dir $(HOLDOUT)/submissions --solution $(HOLDOUT)/solution.csv --leaderboard $(HOLDOUT)/leaderboard.csv \
 		--crossfit --calibration $(HOLDOUT_CALIBRATION)
 
-report: $(SETUP)  ## HTML report of SUB (with SOLUTION: true contours and scores)
-	@test -n "$(SUB)" || { echo "usage: make report SUB=submission.csv [SOLUTION=solution.csv]"; exit 2; }
-	$(PYTHON) -m competition report $(SUB) --data $(DATA_DIR)/$(STAGE)_test $(if $(SOLUTION),--solution $(SOLUTION))
+report: $(SETUP)  ## HTML report of SUB (with SOLUTION: true contours and scores; with AGAINST=other.csv: where the two disagree)
+	@test -n "$(SUB)" || { echo "usage: make report SUB=submission.csv [SOLUTION=solution.csv | AGAINST=other.csv]"; exit 2; }
+	$(PYTHON) -m competition report $(SUB) --data $(DATA_DIR)/$(STAGE)_test $(if $(SOLUTION),--solution $(SOLUTION)) $(if $(AGAINST),--against $(AGAINST))
 
 demo: $(SETUP)  ## the whole pipeline on generated data: synth, train, tune, submit, score, leaderboard
 	$(PYTHON) -m competition synth $(DEMO)/data --overwrite

@@ -53,13 +53,15 @@ def contour_mask(label: np.ndarray) -> np.ndarray:
     return edge & (label > 0)
 
 
-def overlay(image: np.ndarray | None, pred_label: np.ndarray, true_label: np.ndarray | None = None) -> np.ndarray:
+def overlay(image: np.ndarray | None, pred_label: np.ndarray, true_label: np.ndarray | None = None, *,
+            pred_colour: tuple[int, int, int] = PRED_COLOUR) -> np.ndarray:
     """Predicted (yellow) and true (cyan) contours drawn on the image.
 
     Args:
         image: H×W×3 uint8, or None (a black canvas).
         pred_label: H×W predicted label image.
         true_label: H×W true label image, or None.
+        pred_colour: the RGB colour of the predicted contours.
 
     Returns:
         H×W×3 uint8 (2× larger, nearest neighbour, when the image is small).
@@ -76,7 +78,7 @@ def overlay(image: np.ndarray | None, pred_label: np.ndarray, true_label: np.nda
         true_label = None if true_label is None else true_label.repeat(2, axis=0).repeat(2, axis=1)
     if true_label is not None:
         canvas[contour_mask(true_label)] = TRUE_COLOUR
-    canvas[contour_mask(pred_label)] = PRED_COLOUR
+    canvas[contour_mask(pred_label)] = pred_colour
     return canvas
 
 
@@ -135,6 +137,32 @@ def _image_file(split: Path | None, image_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def _image_shapes(ids: Sequence[str], split: Path | None, sidecars: Sequence[Mapping[str, Any]],
+                  truth: Mapping[str, Any] | None = None) -> dict[str, tuple[int, int]]:
+    """Each image's (height, width): from the solution, else the image file, else the shape a
+    submission's JSON sidecar recorded; images none of them knows are left out."""
+    from competition.data.io import read_image_shape
+
+    shapes: dict[str, tuple[int, int]] = {}
+    for image_id in ids:
+        if truth is not None and image_id in truth:
+            shapes[image_id] = truth[image_id].shape
+            continue
+        path = _image_file(split, image_id)
+        if path is not None:
+            try:
+                shapes[image_id] = read_image_shape(path)
+                continue
+            except DataError as exc:
+                log.warning("%s", exc)
+        for sidecar in sidecars:
+            recorded = sidecar.get("routing", {}).get(image_id, {}).get("shape")
+            if recorded:
+                shapes[image_id] = (int(recorded[0]), int(recorded[1]))
+                break
+    return shapes
+
+
 def build_report(
     submission: str | Path,
     *,
@@ -160,7 +188,7 @@ def build_report(
         UserError: an invalid submission, no way to know the image sizes (no solution, no
             images), an unreadable solution.
     """
-    from competition.data.io import read_image, read_image_shape
+    from competition.data.io import read_image
     from competition.rle import rles_to_label
     from competition.submission import validate_submission
 
@@ -183,21 +211,7 @@ def build_report(
         raise UserError(f"{submission} is not a valid submission: {problems[0]}")
     ids = list(sub.rles) if truth is None else list(truth)
 
-    shapes: dict[str, tuple[int, int]] = {}
-    for image_id in ids:
-        if truth is not None and image_id in truth:
-            shapes[image_id] = truth[image_id].shape
-            continue
-        path = _image_file(split, image_id)
-        if path is not None:
-            try:
-                shapes[image_id] = read_image_shape(path)
-                continue
-            except DataError as exc:
-                log.warning("%s", exc)
-        recorded = sidecar.get("routing", {}).get(image_id, {}).get("shape")
-        if recorded:
-            shapes[image_id] = (int(recorded[0]), int(recorded[1]))
+    shapes = _image_shapes(ids, split, [sidecar], truth)
     if not shapes and any(sub.rles.values()):
         raise UserError("cannot tell the image sizes: pass --solution or --data DATA_DIR/<split>")
 
