@@ -28,7 +28,7 @@ import numpy as np
 
 from competition.csvio import atomic_write
 from competition.errors import DataError, UserError
-from competition.report import PRED_COLOUR, _image_file, _image_shapes, _save_png, _sidecar, overlay
+from competition.report import PRED_COLOUR, _image_file, _image_shapes, _save_png, _sidecar, html_head, overlay
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,8 @@ def build_comparison(
                         f"that agree least</h2>\n<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>\n"
                         + "\n".join(lines) + "\n</table>")
 
-    page = _PAGE.format(title=html.escape(f"{first.name} against {second.name}"),
+    title = html.escape(f"{first.name} against {second.name}")
+    page = html_head(title, image_width=1024) + _PAGE.format(title=title,
                         summary=_summary(first, second, sidecars, rows, by_type),
                         first=PRED_COLOUR, second=OTHER_COLOUR, sections="\n".join(sections))
     index = out_dir / "index.html"
@@ -215,21 +216,7 @@ def _summary(first: Path, second: Path, sidecars, rows: list[Agreement], by_type
     return "<ul>" + "".join(items) + "</ul>\n" + "\n".join(table)
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{title}</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; text-align: left; }}
-img {{ max-width: 1024px; image-rendering: pixelated; background: #000; }}
-code {{ font-size: 0.85em; }}
-</style>
-</head>
-<body>
-<h1>{title}</h1>
+_PAGE = """<h1>{title}</h1>
 {summary}
 <p>Contours: <span style="color:rgb{first}">first</span> (left),
 <span style="color:rgb{second}">second</span> (right); small images are shown at 2x.

@@ -31,7 +31,7 @@ from competition.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRED_COLOUR", "TRUE_COLOUR", "ImageEntry", "contour_mask", "overlay", "build_report"]
+__all__ = ["PRED_COLOUR", "TRUE_COLOUR", "ImageEntry", "contour_mask", "overlay", "build_report", "html_head"]
 
 PRED_COLOUR = (255, 230, 0)
 TRUE_COLOUR = (0, 255, 255)
@@ -303,8 +303,9 @@ def build_report(
         )
 
     summary = _summary(submission, sidecar, solution, scored, entries, by_type, strips)
-    page = _PAGE.format(
-        title=html.escape(f"report: {submission.name}"),
+    title = html.escape(f"report: {submission.name}")
+    page = html_head(title) + _PAGE.format(
+        title=title,
         summary=summary,
         histogram=hist_name,
         hist_alt="image scores" if scored is not None else "objects per image",
@@ -390,7 +391,10 @@ def _errors_table(scored) -> str:
     return "\n".join(rows)
 
 
-_PAGE = """<!DOCTYPE html>
+def html_head(title: str, *, image_width: int = 512) -> str:
+    """The start of a self-contained page, to ``<body>``: its title and the style of its tables
+    and images (shown at most ``image_width`` px wide, pixels kept sharp)."""
+    return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -399,12 +403,15 @@ _PAGE = """<!DOCTYPE html>
 body {{ font-family: sans-serif; margin: 1.5em; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; text-align: left; }}
-img {{ max-width: 512px; image-rendering: pixelated; background: #000; }}
+img {{ max-width: {image_width}px; image-rendering: pixelated; background: #000; }}
 code {{ font-size: 0.85em; }}
 </style>
 </head>
 <body>
-<h1>{title}</h1>
+"""
+
+
+_PAGE = """<h1>{title}</h1>
 {summary}
 <h2>Distribution</h2>
 <img src="{histogram}" alt="{hist_alt}">
