@@ -189,9 +189,9 @@ def build_comparison(
                         + "\n".join(lines) + "\n</table>")
 
     title = html.escape(f"{first.name} against {second.name}")
-    page = html_head(title, image_width=1024) + _PAGE.format(title=title,
-                        summary=_summary(first, second, sidecars, rows, by_type),
+    body = _PAGE.format(title=title, summary=_summary(first, second, sidecars, rows, by_type),
                         first=PRED_COLOUR, second=OTHER_COLOUR, sections="\n".join(sections))
+    page = html_head(title, image_width=1024) + body
     index = out_dir / "index.html"
     with atomic_write(index) as handle:
         handle.write(page)
